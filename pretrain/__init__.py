@@ -1,0 +1,1 @@
+"""The compact SimSiam pretraining module (Chen & He, CVPR 2021)."""

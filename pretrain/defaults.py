@@ -1,0 +1,58 @@
+"""Every pretraining config key and its default: the official ImageNet ResNet-50 recipe.
+
+Presets in configs/pretrain/ override these (CIFAR appendix recipe, CPU-sized shapes run).
+"""
+
+PRETRAIN_DEFAULTS = {
+    "output_dir": "runs/pretrain",
+    "seed": 0,
+    "epochs": 100,
+    "batch_size": 512,           # total over all processes, as in main_simsiam.py
+    "workers": 8,                # data-loading processes per training process
+    "resume": "auto",            # auto (newest checkpoint in output_dir) | none | PATH
+    "keep_last": 0,              # keep only the newest N checkpoints (0: keep all, as the official code)
+    "device": "auto",            # auto (cuda if available) | cpu | cuda
+    "amp": True,                 # mixed precision on CUDA (ignored on CPU)
+    "channels_last": True,       # channels_last memory format on CUDA (ignored on CPU)
+    "tensorboard": True,
+    "progress": True,            # tqdm progress bar
+    "data": {
+        "train": "",             # dataset spec (required): folder, cifar10:DIR, shapes:DIR, ...
+        "image_size": 224,
+        "min_scale": 0.2,
+        "blur": True,
+    },
+    "model": {
+        "arch": "resnet50",      # resnet18 | resnet34 | resnet50 | resnet101
+        "stem": "imagenet",      # imagenet (torchvision) | cifar (3x3 stride-1 conv, no max-pool)
+        "width": 64,             # base width of the CIFAR stem variant
+        "dim": 2048,
+        "pred_dim": 512,
+        "proj_layers": 3,
+        "predictor": True,       # False: the paper's no-predictor ablation
+        "sync_bn": True,         # SyncBatchNorm when training on several processes
+    },
+    "loss": {
+        "similarity": "cosine",  # cosine | cross_entropy
+        "symmetric": True,
+        "stop_gradient": True,   # False: the paper's collapsing ablation
+    },
+    "optim": {
+        "base_lr": 0.05,         # lr = base_lr * batch_size / 256
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "fix_pred_lr": True,     # predictor keeps the initial lr (official recommendation)
+        "warmup_epochs": 0,      # linear warm-up (the paper uses 10 for batch >= 1024)
+    },
+    "monitor": {
+        "collapse_ratio": 0.1,   # warn when std(z/|z|) < ratio / sqrt(dim)
+    },
+    "knn": {
+        "every_n_epochs": 0,     # 0: no kNN monitor
+        "train": "",             # dataset spec of the kNN memory bank
+        "val": "",               # dataset spec of the kNN queries
+        "k": 200,
+        "temperature": 0.1,
+        "image_size": 0,         # 0: data.image_size
+    },
+}

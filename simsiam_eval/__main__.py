@@ -1,0 +1,3 @@
+from simsiam_eval.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The one result record format shared by every evaluation (knn, linear, transfer)."""
