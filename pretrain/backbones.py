@@ -70,3 +70,17 @@ def feature_dim(model: ResNet) -> int:
     fc = model.fc
     first = fc[0] if isinstance(fc, nn.Sequential) else fc
     return first.in_features
+
+
+class Pool5(nn.Module):
+    """View of a ResNet that stops at global average pooling (skips ``fc``, e.g. the projector)."""
+
+    def __init__(self, resnet: ResNet) -> None:
+        super().__init__()
+        self.resnet = resnet
+
+    def forward(self, x):
+        r = self.resnet
+        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        x = r.layer4(r.layer3(r.layer2(r.layer1(x))))
+        return r.avgpool(x).flatten(1)

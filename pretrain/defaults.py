@@ -12,6 +12,7 @@ PRETRAIN_DEFAULTS = {
     "resume": "auto",            # auto (newest checkpoint in output_dir) | none | PATH
     "keep_last": 0,              # keep only the newest N checkpoints (0: keep all, as the official code)
     "device": "auto",            # auto (cuda if available) | cpu | cuda
+    "deterministic": False,      # deterministic cuDNN/algorithms (slower on GPU)
     "amp": True,                 # mixed precision on CUDA (ignored on CPU)
     "channels_last": True,       # channels_last memory format on CUDA (ignored on CPU)
     "tensorboard": True,

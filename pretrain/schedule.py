@@ -1,0 +1,40 @@
+"""Learning-rate rules of main_simsiam.py: linear scaling, per-epoch cosine, fixed predictor lr."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """lr = base_lr x batch / 256."""
+    return base_lr * batch_size / 256
+
+
+def lr_at_epoch(init_lr: float, epoch: int, epochs: int, warmup_epochs: int = 0) -> float:
+    """Cosine decay per epoch, lr_e = lr * 0.5 * (1 + cos(pi e / E)), after an optional linear warm-up."""
+    if epoch < warmup_epochs:
+        return init_lr * (epoch + 1) / warmup_epochs
+    progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
+    return init_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_epoch_lr(optimizer: torch.optim.Optimizer, init_lr: float, epoch: int, epochs: int,
+                 warmup_epochs: int = 0) -> float:
+    """Apply the epoch's lr to every group; groups marked ``fix_lr`` keep ``init_lr``."""
+    lr = lr_at_epoch(init_lr, epoch, epochs, warmup_epochs)
+    for group in optimizer.param_groups:
+        group["lr"] = init_lr if group.get("fix_lr", False) else lr
+    return lr
+
+
+def build_optimizer(model: torch.nn.Module, init_lr: float, momentum: float, weight_decay: float,
+                    fix_pred_lr: bool) -> torch.optim.SGD:
+    """SGD over encoder and predictor; with ``fix_pred_lr`` the predictor group is marked ``fix_lr``."""
+    if fix_pred_lr:
+        groups = [{"params": list(model.encoder.parameters()), "fix_lr": False},
+                  {"params": list(model.predictor.parameters()), "fix_lr": True}]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [{"params": list(model.parameters()), "fix_lr": False}]
+    return torch.optim.SGD(groups, lr=init_lr, momentum=momentum, weight_decay=weight_decay)

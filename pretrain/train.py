@@ -1,0 +1,211 @@
+"""The SimSiam training loop (main_simsiam.py semantics) on 1 CPU, N CPU processes or N GPUs."""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from pretrain.backbones import Pool5
+from pretrain.checkpointing import (check_same_model, find_resume_checkpoint, load_checkpoint, rng_state,
+                                    save_checkpoint, set_rng_state)
+from pretrain.collapse import collapse_std, healthy_std, is_collapsed
+from pretrain.loss import simsiam_loss
+from pretrain.model import SimSiam, build_model
+from pretrain.schedule import build_optimizer, scaled_lr, set_epoch_lr
+from simsiam_eval.config import Config, dump_config, save_config
+from simsiam_eval.data.specs import open_dataset, prepare_dataset
+from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
+from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from simsiam_eval.errors import UserError
+from simsiam_eval.metrics_log import MetricsLog
+from simsiam_eval.provenance import git_revision, versions
+
+PROGRESS_EVERY = 10  # iterations between progress-bar refreshes (each one syncs the device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _log(info: DistInfo, message: str) -> None:
+    if info.is_main:
+        tqdm.write(message)
+
+
+def _strip_module(state_dict: dict) -> dict:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def official_state_dict(model: nn.Module) -> dict:
+    """The model's state dict with the ``module.`` prefix the official (DDP) checkpoints carry."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    return {f"module.{k}": v for k, v in inner.state_dict().items()}
+
+
+def build_loader(cfg: Config, info: DistInfo) -> tuple[DataLoader, DistributedSampler]:
+    augmentation = simsiam_augmentation(cfg.data.image_size, cfg.data.min_scale, cfg.data.blur)
+    dataset = open_dataset(cfg.data.train, TwoCropsTransform(augmentation))
+    per_process = cfg.batch_size // info.world_size
+    if per_process < 2:
+        raise UserError(f"batch_size={cfg.batch_size} over {info.world_size} processes leaves fewer than "
+                        "2 images per process (BatchNorm needs at least 2)")
+    if len(dataset) < cfg.batch_size:
+        raise UserError(f"{cfg.data.train}: {len(dataset)} images, fewer than batch_size={cfg.batch_size}")
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=per_process, sampler=sampler, num_workers=cfg.workers,
+                        pin_memory=info.device.type == "cuda", drop_last=True)
+    return loader, sampler
+
+
+def resume_if_possible(cfg: Config, model: SimSiam, optimizer, scaler, output_dir: Path, info: DistInfo) -> int:
+    """Restore model, optimiser, scaler and RNG state; return the epoch to start from."""
+    path = find_resume_checkpoint(cfg.resume, output_dir)
+    if path is None:
+        return 0
+    state = load_checkpoint(path)
+    check_same_model(path, state.get("config"), state["arch"], cfg.model)
+    try:
+        model.load_state_dict(_strip_module(state["state_dict"]))
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: does not fit this model ({str(exc).splitlines()[0]})") from None
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    _log(info, f"resumed from {path} (epoch {state['epoch']})")
+    return int(state["epoch"])
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg: Config, info: DistInfo,
+                    epoch: int, lr: float, metrics: MetricsLog | None) -> dict[str, float]:
+    """One pass over the data; returns mean loss, mean collapse std and throughput (all processes)."""
+    model.train()
+    device, use_amp = info.device, scaler.is_enabled()
+    channels_last = cfg.channels_last and device.type == "cuda"
+    totals = torch.zeros(2, device=device)
+    steps, images, start = 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+               disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
+    for views, _ in bar:
+        x1, x2 = (v.to(device, non_blocking=True) for v in views)
+        if channels_last:
+            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            p1, p2, z1, z2 = model(x1, x2)
+        loss = simsiam_loss(p1.float(), p2.float(), z1.float(), z2.float(), similarity=cfg.loss.similarity,
+                            symmetric=cfg.loss.symmetric, stop_gradient=cfg.loss.stop_gradient)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        totals += torch.stack([loss.detach(), collapse_std(z1)])
+        steps += 1
+        images += x1.shape[0] * info.world_size
+        if info.is_main and steps % PROGRESS_EVERY == 0:
+            mean_loss, mean_std = (totals / steps).tolist()
+            rate = images / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.4g}", std=f"{mean_std:.4f}", img_s=f"{rate:.0f}")
+            if metrics is not None:
+                metrics.scalars({"loss": mean_loss, "collapse_std": mean_std, "lr": lr},
+                                epoch * len(loader) + steps, prefix="train_iter/")
+    seconds = time.perf_counter() - start
+    mean_loss, mean_std = all_reduce_mean(totals / max(steps, 1)).tolist()
+    return {"loss": mean_loss, "collapse_std": mean_std, "images_per_sec": images / seconds, "seconds": seconds}
+
+
+def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, float]:
+    """kNN accuracy of the pool5 features of the encoder being trained."""
+    from simsiam_eval.knn_monitor import run_knn_monitor as knn_monitor
+
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    image_size = cfg.knn.image_size or cfg.data.image_size
+    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, image_size)
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  lr {record['lr']:.4g}  "
+            f"collapse std {record['collapse_std']:.4f} (healthy ~{record['collapse_reference']:.4f})  "
+            f"{record['images_per_sec']:.1f} img/s")
+    if "knn_top1" in record:
+        line += f"  kNN top-1 {record['knn_top1']:.2f}%"
+    return line
+
+
+def train(cfg: Config) -> Path | None:
+    """Pretrain SimSiam as ``cfg`` says; return the last checkpoint written (None if already done)."""
+    info = init_distributed(cfg.device)
+    output_dir = Path(cfg.output_dir)
+    try:
+        if info.is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, output_dir / "config.yaml")
+            prepare_dataset(cfg.data.train)
+            _log(info, f"simsiam-eval pretrain | git {git_revision()} | {info.world_size} process(es) on "
+                       f"{info.device.type}\n{dump_config(cfg)}")
+        barrier()
+        return _train(cfg, info, output_dir)
+    finally:
+        cleanup()
+
+
+def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
+    seed_everything(cfg.seed)
+    if cfg.deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    loader, sampler = build_loader(cfg, info)
+    model = build_model(cfg.model).to(info.device)
+    init_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
+    optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
+    start_epoch = resume_if_possible(cfg, model, optimizer, scaler, output_dir, info)
+    if start_epoch >= cfg.epochs:
+        _log(info, f"{output_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
+        return None
+    if info.distributed:
+        if cfg.model.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if cfg.channels_last and info.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    metrics = MetricsLog(output_dir, cfg.tensorboard) if info.is_main else None
+    if metrics is not None:
+        metrics.truncate_after("epoch", start_epoch)
+    reference, last = healthy_std(cfg.model.dim), None
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        lr = set_epoch_lr(optimizer, init_lr, epoch, cfg.epochs, cfg.optim.warmup_epochs)
+        stats = train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, lr, metrics)
+        record = {"epoch": epoch + 1, "lr": lr, "collapse_reference": reference, **stats}
+        if cfg.knn.every_n_epochs and ((epoch + 1) % cfg.knn.every_n_epochs == 0 or epoch + 1 == cfg.epochs):
+            record.update(run_knn_monitor(model, cfg, info))
+        if info.is_main:
+            state = {"epoch": epoch + 1, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                     "config": cfg.to_dict(), "versions": versions(), "git": git_revision()}
+            last = save_checkpoint(output_dir, epoch + 1, state, cfg.keep_last)
+            metrics.record(record, epoch + 1, prefix="epoch/")
+            _log(info, _epoch_line(record, cfg.epochs))
+            if is_collapsed(record["collapse_std"], cfg.model.dim, cfg.monitor.collapse_ratio):
+                _log(info, "!" * 78 + f"\nWARNING: the representation has COLLAPSED: collapse std "
+                           f"{record['collapse_std']:.5f} < {cfg.monitor.collapse_ratio} x 1/sqrt(dim) = "
+                           f"{cfg.monitor.collapse_ratio * reference:.5f}. Check stop_gradient, predictor, lr.\n"
+                           + "!" * 78)
+        barrier()
+    if metrics is not None:
+        metrics.close()
+        _log(info, f"done: last checkpoint {last}")
+    return last
