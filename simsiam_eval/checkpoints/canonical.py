@@ -1,0 +1,186 @@
+"""The canonical form of a checkpoint: a torchvision ResNet backbone state dict (no ``fc``) plus metadata.
+
+The architecture is inferred from the tensors themselves (block type and count per stage, grouped /
+wide bottlenecks, stem kernel and width), so the CIFAR variant of ``pretrain/backbones.py`` loads too.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+from torchvision import models
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from pretrain.backbones import CifarResNet
+from simsiam_eval.errors import UserError
+
+BACKBONE_KEY = re.compile(r"^(conv1\.|bn1\.|layer[1-4]\.)")
+STAGE_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+# torchvision ResNets by (block, blocks per stage, groups, width per group)
+_TORCHVISION_ARCHS = {
+    ("basic", (2, 2, 2, 2), 1, 64): "resnet18",
+    ("basic", (3, 4, 6, 3), 1, 64): "resnet34",
+    ("bottleneck", (3, 4, 6, 3), 1, 64): "resnet50",
+    ("bottleneck", (3, 4, 23, 3), 1, 64): "resnet101",
+    ("bottleneck", (3, 8, 36, 3), 1, 64): "resnet152",
+    ("bottleneck", (3, 4, 6, 3), 1, 128): "wide_resnet50_2",
+    ("bottleneck", (3, 4, 23, 3), 1, 128): "wide_resnet101_2",
+    ("bottleneck", (3, 4, 6, 3), 32, 4): "resnext50_32x4d",
+    ("bottleneck", (3, 4, 23, 3), 32, 8): "resnext101_32x8d",
+    ("bottleneck", (3, 4, 23, 3), 64, 4): "resnext101_64x4d",
+}
+ARCH_NAMES = tuple(_TORCHVISION_ARCHS.values())
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+@dataclass
+class CanonicalCheckpoint:
+    """A ResNet backbone in torchvision's parameter names (``fc`` excluded) and where it came from."""
+
+    state_dict: dict[str, torch.Tensor]
+    arch: str
+    stem: str = "imagenet"          # "imagenet" (7x7/2 + max-pool) or "cifar" (3x3/1, no max-pool)
+    width: int = 64                 # output channels of conv1 (64 for every torchvision ResNet)
+    source_format: str = "torchvision"
+    path: str | None = None
+    sha256: str | None = None
+    found: list[str] = field(default_factory=list)     # source keys that became backbone tensors
+    dropped: list[str] = field(default_factory=list)   # source tensor keys left out (heads, fc, ...)
+    filled: list[str] = field(default_factory=list)    # keys absent in the source, filled in (BN counters)
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. epoch, original arch string
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the pool5 features."""
+        return self.state_dict[last_stage_key(self.state_dict)].shape[0]
+
+    def record(self) -> dict[str, Any]:
+        """The ``checkpoint`` part of a result record."""
+        return {"path": self.path, "sha256": self.sha256, "arch": self.arch, "stem": self.stem,
+                "width": self.width, "format": self.source_format}
+
+
+def last_stage_key(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Key of the BN weight that ends the backbone (its size is the feature width)."""
+    last_block = max(int(m.group(2)) for k in state_dict if (m := STAGE_KEY.match(k)) and m.group(1) == "4")
+    prefix = f"layer4.{last_block}."
+    return prefix + ("bn3.weight" if prefix + "bn3.weight" in state_dict else "bn2.weight")
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    """What is needed to build the module that a backbone state dict belongs to."""
+
+    arch: str
+    stem: str = "imagenet"
+    width: int = 64
+
+
+def infer_spec(state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint") -> ResNetSpec:
+    """Arch, stem and width from key layout and tensor shapes; a UserError if it is no torchvision-style ResNet."""
+    conv1 = state_dict.get("conv1.weight")
+    if conv1 is None or conv1.ndim != 4:
+        raise UserError(f"{where}: no ResNet stem (conv1.weight) among the backbone tensors")
+    kernel = conv1.shape[-1]
+    if kernel not in (3, 7):
+        raise UserError(f"{where}: conv1 has a {kernel}x{kernel} kernel; expected 7x7 (ImageNet stem) or 3x3 (CIFAR stem)")
+    stem, width = ("cifar" if kernel == 3 else "imagenet"), int(conv1.shape[0])
+    blocks = [0, 0, 0, 0]
+    for key in state_dict:
+        if m := STAGE_KEY.match(key):
+            stage, index = int(m.group(1)) - 1, int(m.group(2))
+            blocks[stage] = max(blocks[stage], index + 1)
+    if 0 in blocks:
+        raise UserError(f"{where}: ResNet stages incomplete (blocks per stage {blocks})")
+    block = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
+    groups, width_per_group = 1, 64
+    if block == "bottleneck":
+        conv2 = state_dict["layer1.0.conv2.weight"]
+        groups = int(conv2.shape[0] // conv2.shape[1])
+        width_per_group = int(conv2.shape[0] // groups) * 64 // width
+    key = (block, tuple(blocks), groups, width_per_group)
+    arch = _TORCHVISION_ARCHS.get(key)
+    if arch is None or (stem == "cifar" and (groups, width_per_group) != (1, 64)):
+        raise UserError(f"{where}: ResNet layout not supported ({block} blocks {blocks}, groups {groups}, "
+                        f"width per group {width_per_group}, {stem} stem); supported: {', '.join(ARCH_NAMES)}")
+    if stem == "imagenet" and width != 64:
+        raise UserError(f"{where}: ImageNet-stem ResNet with conv1 width {width}; torchvision ResNets are 64 wide")
+    return ResNetSpec(arch, stem, width)
+
+
+def build_resnet_module(spec: ResNetSpec) -> ResNet:
+    """The torchvision ResNet (or CIFAR variant) for ``spec``, with its ``fc`` still in place."""
+    if spec.stem == "imagenet":
+        return models.__dict__[spec.arch]()
+    block, blocks, _, _ = next(k for k, v in _TORCHVISION_ARCHS.items() if v == spec.arch)
+    return CifarResNet(_BLOCKS[block], list(blocks), width=spec.width)
+
+
+def expected_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
+    """Backbone key -> shape of the module for ``spec`` (built on the meta device: no memory, no init cost)."""
+    with torch.device("meta"):
+        module = build_resnet_module(spec)
+    return {k: tuple(v.shape) for k, v in module.state_dict().items() if BACKBONE_KEY.match(k)}
+
+
+def check_complete(state_dict: dict[str, torch.Tensor], spec: ResNetSpec, where: str) -> list[str]:
+    """Raise if a backbone tensor is missing, extra or misshaped; fill absent BN counters. Returns filled keys."""
+    expected = expected_shapes(spec)
+    filled = []
+    for key in expected:
+        if key not in state_dict and key.endswith("num_batches_tracked"):
+            state_dict[key] = torch.tensor(0, dtype=torch.long)
+            filled.append(key)
+    missing = [k for k in expected if k not in state_dict]
+    extra = [k for k in state_dict if k not in expected]
+    wrong = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]]
+    if missing or extra or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
+            if keys:
+                parts.append(f"{label}: {len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
+        raise UserError(f"{where}: backbone tensors do not form a {spec.arch} ({spec.stem} stem): " + "; ".join(parts))
+    return filled
+
+
+def build_backbone(ckpt: CanonicalCheckpoint, device: str | torch.device = "cpu") -> ResNet:
+    """The backbone as a module in eval mode: ``fc`` replaced by Identity, so ``forward`` gives pool5 features."""
+    module = build_resnet_module(ResNetSpec(ckpt.arch, ckpt.stem, ckpt.width))
+    module.fc = nn.Identity()
+    module.load_state_dict(ckpt.state_dict, strict=True)
+    return module.to(device).eval()
+
+
+def random_checkpoint(spec_text: str) -> CanonicalCheckpoint:
+    """``random:ARCH[:STEM[:WIDTH]]``: a randomly initialised backbone (seed 0, torchvision's init)."""
+    parts = spec_text.split(":")[1:]
+    if not 1 <= len(parts) <= 3 or not parts[0]:
+        raise UserError(f"bad random spec '{spec_text}': use random:ARCH[:STEM[:WIDTH]], e.g. random:resnet18:cifar")
+    arch = parts[0]
+    stem = parts[1] if len(parts) > 1 and parts[1] else "imagenet"
+    try:
+        width = int(parts[2]) if len(parts) > 2 else 64
+    except ValueError:
+        raise UserError(f"bad random spec '{spec_text}': WIDTH must be an integer") from None
+    if arch not in ARCH_NAMES:
+        raise UserError(f"bad random spec '{spec_text}': unknown arch '{arch}' (choose from {', '.join(ARCH_NAMES)})")
+    if stem not in ("imagenet", "cifar"):
+        raise UserError(f"bad random spec '{spec_text}': stem must be imagenet or cifar")
+    if stem == "imagenet" and width != 64:
+        raise UserError(f"bad random spec '{spec_text}': WIDTH applies to the cifar stem only")
+    spec = ResNetSpec(arch, stem, width)
+    if stem == "cifar" and not arch.startswith("resnet"):
+        raise UserError(f"bad random spec '{spec_text}': the cifar stem supports plain ResNets (resnet18..152) only")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = build_resnet_module(spec)
+    state = {k: v for k, v in module.state_dict().items() if BACKBONE_KEY.match(k)}
+    canonical = f"random:{arch}:{stem}:{width}"
+    return CanonicalCheckpoint(state, arch, stem, width, source_format="random", path=canonical,
+                               sha256=hashlib.sha256(f"{canonical}:seed0".encode()).hexdigest(),
+                               found=list(state))

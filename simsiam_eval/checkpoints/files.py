@@ -1,0 +1,97 @@
+"""Open a checkpoint file safely: torch files with ``weights_only=True``, pickles through a restricted
+unpickler, safetensors as tensors; every failure is a one-line UserError naming the file."""
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simsiam_eval.errors import UserError
+from simsiam_eval.safe_pickle import RefusedPickle, safe_load
+
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a pre-1.6 (non-zip) torch.save file
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_file(path: str | Path) -> Any:
+    """The object stored in ``path`` (a torch checkpoint, a plain pickle or a safetensors file)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{path}: empty file, not a checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return _torch_load(path)
+    if _is_safetensors(path, head, size):
+        return _safetensors_load(path)
+    if head[:1] == b"\x80":
+        obj = _pickle_load(path)
+        return _torch_load(path) if obj == _TORCH_LEGACY_MAGIC else obj
+    raise UserError(f"{path}: not a checkpoint (neither a torch file, a pickle nor safetensors)")
+
+
+def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
+    if len(head) < 9:
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 0 < header_len <= size - 8 and head[8:9] == b"{"
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and "
+                            f"containers ({_refused_global(exc)})") from None
+        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
+        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+
+
+def _refused_global(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if "GLOBAL" in line or "Unsupported global" in line:
+            return line.strip().rstrip(".")
+    return "weights_only=True refused it"
+
+
+def _pickle_load(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return safe_load(f)
+    except RefusedPickle as exc:
+        raise UserError(f"{path}: refused to load a pickle that carries code: {exc}") from None
+    except Exception as exc:  # truncated or damaged pickles raise many types
+        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+
+
+def _safetensors_load(path: Path) -> Any:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as load_safetensors
+
+    try:
+        return load_safetensors(str(path), device="cpu")
+    except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read safetensors file, truncated or damaged ({_first_line(exc)})") from None
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty if none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})

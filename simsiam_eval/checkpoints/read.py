@@ -1,0 +1,87 @@
+"""``read_checkpoint``: any supported file (or a ``random:`` spec) -> CanonicalCheckpoint."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from simsiam_eval.checkpoints.canonical import (BACKBONE_KEY, CanonicalCheckpoint, check_complete, infer_spec,
+                                                random_checkpoint)
+from simsiam_eval.checkpoints.files import load_file
+from simsiam_eval.checkpoints.readers import FORMAT_NAMES, Format, detect_format, first_keys, get_format
+from simsiam_eval.errors import UserError
+from simsiam_eval.provenance import sha256_file
+
+
+def read_checkpoint(source: str | os.PathLike, fmt: str = "auto", arch: str | None = None) -> CanonicalCheckpoint:
+    """Read a checkpoint of any supported format into the canonical torchvision backbone.
+
+    ``source`` is a file or ``random:ARCH[:STEM[:WIDTH]]``; ``fmt`` is ``auto`` or a name from
+    ``FORMAT_NAMES``; ``arch``, when given, must match the architecture found in the file.
+    """
+    text = str(source)
+    if text.startswith("random:") and not Path(text).exists():
+        ckpt = random_checkpoint(text)
+    else:
+        obj = load_file(source)
+        ckpt = canonicalize(obj, fmt, where=text)
+        ckpt.path = text
+        ckpt.sha256 = sha256_file(source)
+    if arch is not None and arch != ckpt.arch:
+        raise UserError(f"{text}: holds a {ckpt.arch} backbone, but {arch} was asked for")
+    return ckpt
+
+
+def canonicalize(obj: Any, fmt: str = "auto", where: str = "checkpoint") -> CanonicalCheckpoint:
+    """The canonical backbone of an already loaded checkpoint object."""
+    chosen = _choose_format(obj, fmt, where)
+    try:
+        tensors, rename = chosen.read(obj)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{where}: not in the {chosen.name} layout (missing {exc})") from None
+    state, found, dropped = split_backbone(tensors, rename, where)
+    if not state:
+        raise UserError(f"{where}: no ResNet backbone tensors found in the {chosen.name} layout "
+                        f"(first keys: {', '.join(first_keys(obj))}); formats tried: {chosen.name}")
+    spec = infer_spec(state, where)
+    filled = check_complete(state, spec, where)
+    return CanonicalCheckpoint(state, spec.arch, spec.stem, spec.width, source_format=chosen.name,
+                               found=found, dropped=dropped, filled=filled, metadata=_metadata(obj))
+
+
+def _choose_format(obj: Any, fmt: str, where: str) -> Format:
+    if fmt != "auto":
+        try:
+            return get_format(fmt)
+        except KeyError:
+            raise UserError(f"unknown checkpoint format '{fmt}' (choose from auto, {', '.join(FORMAT_NAMES)})") from None
+    chosen = detect_format(obj)
+    if chosen is None:
+        raise UserError(f"{where}: no backbone keys found (first keys: {', '.join(first_keys(obj))}); "
+                        f"formats tried: {', '.join(FORMAT_NAMES)}")
+    return chosen
+
+
+def split_backbone(tensors: Mapping[str, torch.Tensor], rename, where: str):
+    """(backbone state dict in torchvision names, source keys found, source keys dropped)."""
+    state: dict[str, torch.Tensor] = {}
+    found, dropped = [], []
+    for key, value in tensors.items():
+        name = rename(key)
+        if name is None or not BACKBONE_KEY.match(name):
+            dropped.append(key)
+            continue
+        if name in state:
+            raise UserError(f"{where}: two tensors map to backbone key {name} (second: {key})")
+        state[name] = value
+        found.append(key)
+    return state, found, dropped
+
+
+def _metadata(obj: Any) -> dict[str, Any]:
+    """Small scalar facts worth keeping (epoch, arch string of the source...)."""
+    if not isinstance(obj, Mapping):
+        return {}
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, (int, float, str, bool))}
