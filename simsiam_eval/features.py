@@ -1,0 +1,256 @@
+"""The one feature extractor and cache: frozen backbone in eval mode -> pool5 features.
+
+kNN, the linear probe (cached mode), the pretraining kNN monitor and the demo all call
+:func:`dataset_features`. Extraction is batched (tqdm), uses AMP on CUDA, and under torchrun each
+process embeds every ``world_size``-th image, then all processes gather the full set. Features of a
+*checkpoint* (identified by its sha256) are cached on disk, keyed by the checkpoint, the data set
+(spec + content fingerprint), the transform's repr, the view seed and the numeric precision.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.models import ResNet
+from tqdm import tqdm
+
+from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
+from simsiam_eval.data.specs import DatasetSpec, open_dataset, parse_spec, prepare_dataset
+from simsiam_eval.errors import UserError
+
+CACHE_FORMAT = 1
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class FeatureSet:
+    """Features (N, D) float32 on the CPU, labels (N,) int64, and the class names of the data set."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_cache_dir() -> Path:
+    """``$SIMSIAM_EVAL_CACHE`` or ``~/.cache/simsiam-eval/features``."""
+    env = os.environ.get("SIMSIAM_EVAL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "simsiam-eval" / "features"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available (the local rank's GPU under torchrun), else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' requested but no GPU is available (use device=cpu)")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name != "cpu":
+        raise UserError(f"unknown device '{name}' (use auto, cpu or cuda)")
+    return torch.device("cpu")
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def pool5(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Global-average-pooled features of the last ResNet stage, whatever ``model.fc`` holds.
+
+    For a torchvision ResNet (also the CIFAR variant and the SimSiam encoder, whose ``fc`` is the
+    projector) this runs the network up to ``avgpool``; any other module is called as is.
+    """
+    if isinstance(model, ResNet):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
+        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+        return torch.flatten(model.avgpool(x), 1)
+    return model(images)
+
+
+class SeededViews(Dataset):
+    """A data set whose random transform is re-seeded per (seed, index): the same view every time."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + index)
+            return self.dataset[index]
+
+
+def _gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
+    """All-gather rows embedded round-robin (rank r holds items r, r+W, ...) back into item order."""
+    rank, size = world()
+    per_rank = -(-total // size)
+    padded = local.new_zeros((per_rank, *local.shape[1:]))
+    padded[: len(local)] = local
+    if dist.get_backend() == "nccl":
+        padded = padded.cuda()
+    gathered = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(gathered, padded)
+    stacked = torch.stack(gathered, dim=1).cpu()  # (per_rank, world, ...): row i*W + r
+    return stacked.reshape(per_rank * size, *local.shape[1:])[:total]
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256,
+                     workers: int = 4, amp: bool = True, progress: bool = True,
+                     desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
+    """pool5 features and labels of every item of ``dataset`` (in order), float32 on the CPU.
+
+    The model is switched to eval mode for the extraction; every submodule gets its mode back after.
+    Under torch.distributed every process must call this; all of them receive the full set.
+    """
+    if len(dataset) == 0:
+        raise UserError(f"{desc}: the data set is empty")
+    rank, size = world()
+    local = Subset(dataset, range(rank, len(dataset), size)) if size > 1 else dataset
+    loader = DataLoader(local, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    feats, labels = [], []
+    use_amp = amp and device.type == "cuda"
+    try:
+        for images, targets in tqdm(loader, desc=desc, disable=not progress or rank != 0,
+                                    unit="batch", leave=False):
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                out = pool5(model, images.to(device, non_blocking=True))
+            feats.append(out.float().cpu())
+            labels.append(torch.as_tensor(targets, dtype=torch.int64))
+    finally:
+        for module, training in modes:
+            module.training = training
+    features, label_tensor = torch.cat(feats), torch.cat(labels)
+    if size > 1:
+        features, label_tensor = _gather_rows(features, len(dataset)), _gather_rows(label_tensor, len(dataset))
+    return features, label_tensor
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A hash of a data set's content listing: its size, classes, file paths or pixels, labels."""
+    digest = hashlib.sha256()
+    digest.update(f"{len(dataset)}\n{json.dumps(list(getattr(dataset, 'classes', [])))}\n".encode())
+    samples = getattr(dataset, "samples", None)
+    images = getattr(dataset, "images", None)
+    if samples is not None:
+        for path, target in samples:
+            digest.update(f"{path}\t{target}\n".encode())
+    elif isinstance(images, np.ndarray):
+        digest.update(np.ascontiguousarray(images).data)
+    digest.update(np.asarray(getattr(dataset, "targets", []), dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Feature files ``<root>/<key>.pt`` (+ a readable ``<key>.json``), written atomically."""
+
+    def __init__(self, root: str | os.PathLike, dtype: str = "float32") -> None:
+        if dtype not in CACHE_DTYPES:
+            raise UserError(f"unknown feature cache dtype '{dtype}' (use {' or '.join(CACHE_DTYPES)})")
+        self.root, self.dtype = Path(root), dtype
+
+    @staticmethod
+    def key(description: dict) -> str:
+        return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40]
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def load(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            return blob["features"].float(), blob["labels"]
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            return None
+
+    def save(self, key: str, features: torch.Tensor, labels: torch.Tensor, description: dict) -> None:
+        blob = {"format": CACHE_FORMAT, "features": features.to(CACHE_DTYPES[self.dtype]),
+                "labels": labels, "description": json.dumps(description, sort_keys=True)}
+        atomic_torch_save(blob, self.path(key))
+        atomic_write_json(description, self.root / f"{key}.json")
+
+    def round(self, features: torch.Tensor) -> torch.Tensor:
+        """Features as they read back from the cache: a fresh run and a cache hit give equal numbers."""
+        return features.to(CACHE_DTYPES[self.dtype]).float()
+
+
+def _all_ranks_agree(flag: bool) -> bool:
+    rank, size = world()
+    if size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Callable, device: torch.device,
+                     model_id: str | None = None, cache: FeatureCache | None = None, view_seed: int | None = None,
+                     batch_size: int = 256, workers: int = 4, amp: bool = True, progress: bool = True,
+                     dataset: Dataset | None = None) -> FeatureSet:
+    """Features of the data set ``spec`` seen through ``transform``, from the cache when possible.
+
+    ``model_id`` names the weights (the checkpoint's sha256 and arch); without it (a model in the
+    middle of training) nothing is read from or written to disk. ``view_seed`` makes a random
+    transform reproducible per image (augmented views of the cached linear probe). ``dataset``
+    lets a caller pass the already opened data set of ``spec`` (same transform).
+    """
+    parsed = prepare_dataset(spec)
+    if dataset is None:
+        dataset = open_dataset(parsed, transform)
+    classes = list(getattr(dataset, "classes", []))
+    if len(dataset) == 0:
+        raise UserError(f"{parsed}: the data set is empty")
+    source = SeededViews(dataset, view_seed) if view_seed is not None else dataset
+    key = description = None
+    if cache is not None and model_id is not None:
+        description = {"format": CACHE_FORMAT, "model": model_id, "dataset": str(parsed),
+                       "fingerprint": dataset_fingerprint(dataset), "transform": repr(transform),
+                       "view_seed": view_seed, "dtype": cache.dtype,
+                       "precision": "amp-fp16" if amp and device.type == "cuda" else "fp32"}
+        key = FeatureCache.key(description)
+        hit = cache.load(key)
+        if _all_ranks_agree(hit is not None):
+            return FeatureSet(hit[0], hit[1], classes)
+    features, labels = extract_features(model, source, device, batch_size, workers, amp, progress,
+                                        desc=f"features {parsed}")
+    if key is not None:
+        features = cache.round(features)
+        if world()[0] == 0:
+            cache.save(key, features, labels, description)
+        if world()[1] > 1:
+            dist.barrier()
+    return FeatureSet(features, labels, classes)
+
+
+def check_same_classes(train: Sequence[str], val: Sequence[str], train_spec: str, val_spec: str) -> None:
+    """Train and val must name the same classes in the same order (labels index into them)."""
+    if list(train) != list(val):
+        only_train = sorted(set(train) - set(val))[:3]
+        only_val = sorted(set(val) - set(train))[:3]
+        detail = (f"only in train: {only_train}, only in val: {only_val}" if only_train or only_val
+                  else "same names in a different order")
+        raise UserError(f"train ({train_spec}) and val ({val_spec}) have different class sets "
+                        f"({len(train)} vs {len(val)} classes; {detail})")

@@ -1,0 +1,110 @@
+"""``knn`` evaluation of a checkpoint: load it, extract (or reuse cached) features, vote, build the record."""
+from __future__ import annotations
+
+import time
+
+from simsiam_eval.checkpoints import build_backbone, read_checkpoint
+from simsiam_eval.config import Config
+from simsiam_eval.data.transforms import eval_transform
+from simsiam_eval.distributed import DistInfo
+from simsiam_eval.errors import UserError
+from simsiam_eval.features import FeatureCache, FeatureSet, check_same_classes, dataset_features, default_cache_dir
+from simsiam_eval.knn import BACKENDS, PRESETS, WEIGHTINGS, flat_metrics, knn_classify
+from simsiam_eval.results.records import build_record
+
+KNN_DEFAULTS = {
+    "checkpoint": "",            # checkpoint file (any supported format) or random:ARCH[:STEM[:WIDTH]]
+    "format": "auto",            # checkpoint format (auto-detected)
+    "arch": "",                  # expected arch; empty: whatever the checkpoint holds
+    "train": "",                 # dataset spec of the memory bank
+    "val": "",                   # dataset spec of the queries
+    "preset": "",                # instdisc | simsiam-cifar | dino: sets k and temperature
+    "k": [200],                  # several k are evaluated in one search; the first is the headline
+    "temperature": 0.1,
+    "weighting": "exp",          # exp (exp(sim/T) per neighbour) | uniform (one vote per neighbour)
+    "backend": "auto",           # auto (faiss if installed) | faiss | torch
+    "image_size": 224,           # eval transform: Resize(image_size*256/224) + CenterCrop(image_size)
+    "resize": 0,                 # 0: image_size * 256 / 224
+    "batch_size": 256,
+    "workers": 8,
+    "device": "auto",
+    "amp": True,                 # mixed precision feature extraction on CUDA
+    "progress": True,
+    "cache": True,               # reuse / store features in cache_dir
+    "cache_dir": "",             # empty: $SIMSIAM_EVAL_CACHE or ~/.cache/simsiam-eval/features
+    "cache_dtype": "float32",    # float32 | float16 (half the disk space)
+    "output_dir": "runs/eval",   # default home of the JSON record and results.db
+    "output": "",                # JSON record; empty: output_dir/knn-<time>.json
+    "results": "",               # results database; empty: output_dir/results.db
+    "tags": [],                  # labels stored with the record (for tables)
+}
+
+
+def apply_preset(cfg: Config, explicit: set[str]) -> Config:
+    """Set k and temperature from ``cfg.preset`` unless they were given explicitly."""
+    if not cfg.preset:
+        return cfg
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown kNN preset '{cfg.preset}' (choose from {', '.join(PRESETS)})")
+    for key, value in PRESETS[cfg.preset].items():
+        if key not in explicit:
+            cfg[key] = list(value) if isinstance(value, list) else value
+    return cfg
+
+
+def check_knn_config(cfg: Config) -> None:
+    for key in ("checkpoint", "train", "val"):
+        if not cfg[key]:
+            raise UserError(f"{key} is empty: give --{key}")
+    if cfg.weighting not in WEIGHTINGS:
+        raise UserError(f"unknown weighting '{cfg.weighting}' (choose from {', '.join(WEIGHTINGS)})")
+    if cfg.backend not in BACKENDS:
+        raise UserError(f"unknown backend '{cfg.backend}' (choose from {', '.join(BACKENDS)})")
+    ks = cfg.k if isinstance(cfg.k, list) else [cfg.k]
+    if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
+        raise UserError(f"k must be one or more positive integers, got {cfg.k!r}")
+
+
+def feature_cache(cfg: Config) -> FeatureCache | None:
+    return FeatureCache(cfg.cache_dir or default_cache_dir(), cfg.cache_dtype) if cfg.cache else None
+
+
+def checkpoint_features(cfg: Config, info: DistInfo, specs: dict[str, str], transform) -> tuple[dict, dict[str, FeatureSet], dict]:
+    """Read ``cfg.checkpoint`` and embed each split of ``specs`` (train/val) through the feature cache.
+
+    Returns the checkpoint's record part, the feature sets and the seconds spent per split.
+    """
+    ckpt = read_checkpoint(cfg.checkpoint, cfg.format, cfg.arch or None)
+    backbone = build_backbone(ckpt, info.device)
+    model_id = f"{ckpt.sha256}:{ckpt.arch}:{ckpt.stem}:{ckpt.width}"
+    cache = feature_cache(cfg)
+    sets, seconds = {}, {}
+    for split, spec in specs.items():
+        start = time.perf_counter()
+        sets[split] = dataset_features(backbone, spec, transform, info.device, model_id=model_id, cache=cache,
+                                       batch_size=cfg.batch_size, workers=cfg.workers, amp=cfg.amp,
+                                       progress=cfg.progress)
+        seconds[f"features_{split}"] = time.perf_counter() - start
+    check_same_classes(sets["train"].classes, sets["val"].classes, specs["train"], specs["val"])
+    return ckpt.record(), sets, seconds
+
+
+def run_knn(cfg: Config, info: DistInfo) -> dict:
+    """The kNN record of ``cfg.checkpoint`` on ``cfg.train`` (bank) / ``cfg.val`` (queries)."""
+    check_knn_config(cfg)
+    started, clock = time.time(), time.perf_counter()
+    ks = cfg.k if isinstance(cfg.k, list) else [cfg.k]
+    transform = eval_transform(cfg.image_size, cfg.resize or None)
+    checkpoint, sets, seconds = checkpoint_features(cfg, info, {"train": cfg.train, "val": cfg.val}, transform)
+    train, val = sets["train"], sets["val"]
+    result = knn_classify(train.features, train.labels, val.features, val.labels, ks=ks,
+                          temperature=cfg.temperature, weighting=cfg.weighting, backend=cfg.backend,
+                          num_classes=len(train.classes) or None, device=info.device)
+    seconds.update(result.seconds)
+    data = {"train": cfg.train, "val": cfg.val, "num_train": len(train), "num_val": len(val),
+            "num_classes": len(train.classes)}
+    settings = {"k": ks, "temperature": cfg.temperature, "weighting": cfg.weighting, "preset": cfg.preset or None,
+                "backend": result.backend, "feature_dim": int(train.features.shape[1]), "transform": repr(transform),
+                "per_k": {str(k): m for k, m in result.metrics.items()},
+                "timings": {k: round(v, 3) for k, v in seconds.items()}}
+    return build_record("knn", flat_metrics(result), checkpoint, data, settings, started, time.perf_counter() - clock)

@@ -1,0 +1,50 @@
+"""kNN accuracy of an encoder in the middle of pretraining (same extractor and vote as ``knn``).
+
+Nothing is cached on disk: the weights change every epoch. The opened data sets are kept in memory
+between calls, so each call only pays for the forward passes.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from simsiam_eval.data.specs import open_dataset, prepare_dataset
+from simsiam_eval.data.transforms import eval_transform
+from simsiam_eval.errors import UserError
+from simsiam_eval.features import check_same_classes, dataset_features
+from simsiam_eval.knn import knn_classify
+
+
+@lru_cache(maxsize=4)
+def _open(spec: str, image_size: int) -> Dataset:
+    return open_dataset(prepare_dataset(spec), eval_transform(image_size))
+
+
+def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device, image_size: int,
+                    batch_size: int = 256, workers: int | None = None) -> dict[str, float]:
+    """``{"knn_top1", "knn_top5"}`` (percent) of ``backbone``'s pool5 features, first k of ``knn_cfg.k``.
+
+    ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature). The
+    backbone is switched to eval mode and every submodule gets its mode back afterwards. Call it on
+    every process under torchrun: extraction is split across processes and gathered.
+    """
+    if not knn_cfg["train"] or not knn_cfg["val"]:
+        raise UserError("the kNN monitor needs knn.train and knn.val dataset specs")
+    ks = knn_cfg["k"] if isinstance(knn_cfg["k"], (list, tuple)) else [knn_cfg["k"]]
+    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    sets = {}
+    for split in ("train", "val"):
+        spec = knn_cfg[split]
+        transform = eval_transform(image_size)
+        sets[split] = dataset_features(backbone, spec, transform, device, batch_size=batch_size, workers=workers,
+                                       progress=False, dataset=_open(spec, image_size))
+    check_same_classes(sets["train"].classes, sets["val"].classes, knn_cfg["train"], knn_cfg["val"])
+    result = knn_classify(sets["train"].features, sets["train"].labels, sets["val"].features, sets["val"].labels,
+                          ks=ks, temperature=knn_cfg["temperature"])
+    first = result.metrics[int(ks[0])]
+    return {"knn_top1": first["top1"], "knn_top5": first["top5"]}
