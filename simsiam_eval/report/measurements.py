@@ -1,0 +1,87 @@
+"""Records and published numbers as one long frame: one row per (checkpoint, protocol, dataset, metric).
+
+Columns: ``name, epochs, protocol, dataset, metric, value, trial, source, published``; published rows
+(``published`` True) also carry ``std`` and ``n`` when the source states them (their ``value`` is
+already a mean over ``n`` trials).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from simsiam_eval.config import packaged_config_dir
+from simsiam_eval.errors import UserError
+from simsiam_eval.results.records import checkpoint_name, record_dataset
+
+COLUMNS = ["name", "epochs", "protocol", "dataset", "metric", "value", "trial", "source", "published"]
+REFERENCE_REQUIRED = ["name", "protocol", "dataset", "metric", "value", "source"]
+
+
+def record_epochs(record: dict) -> float:
+    """Pretraining epochs of the evaluated checkpoint, if the record knows them (else NaN)."""
+    checkpoint = record.get("checkpoint") or {}
+    for key in ("epochs", "epoch"):
+        if checkpoint.get(key) is not None:
+            return float(checkpoint[key])
+    return float("nan")
+
+
+def measurements(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per metric of each record."""
+    rows = [{"name": checkpoint_name(rec), "epochs": record_epochs(rec), "protocol": rec["protocol"],
+             "dataset": record_dataset(rec), "metric": metric, "value": float(value),
+             "trial": rec.get("trial"), "source": "this toolkit", "published": False}
+            for rec in records for metric, value in rec["metrics"].items()]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def reference_dir() -> Path:
+    return packaged_config_dir() / "reference"
+
+
+def reference_files() -> list[Path]:
+    """The published-numbers CSVs shipped in ``configs/reference``."""
+    return sorted(reference_dir().glob("*.csv"))
+
+
+def load_reference(paths: Iterable[str | Path] | None = None) -> pd.DataFrame:
+    """Published numbers: CSVs with columns ``name, epochs, protocol, dataset, metric, value, std, n,
+    source`` (``epochs``, ``std``, ``n`` may be empty); every row cites its source."""
+    frames = []
+    for path in reference_files() if paths is None else paths:
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not a readable reference CSV ({exc})") from None
+        missing = [c for c in REFERENCE_REQUIRED if c not in frame.columns]
+        if missing:
+            raise UserError(f"{path}: reference CSV lacks columns {missing}")
+        if frame["source"].isna().any():
+            raise UserError(f"{path}: every reference row must cite its source")
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS + ["std", "n"])
+    frame = pd.concat(frames, ignore_index=True)
+    for column in ("epochs", "std", "n"):
+        frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+    frame["trial"] = None
+    frame["published"] = True
+    return frame[COLUMNS + ["std", "n"]]
+
+
+def with_reference(long: pd.DataFrame, mode: str = "auto", extra_files: Iterable[str | Path] = ()) -> pd.DataFrame:
+    """Add published rows: ``auto`` those whose protocol and dataset occur in ``long``, ``all``, or ``none``.
+
+    ``extra_files`` (the user's own reference CSVs) are always added.
+    """
+    if mode not in ("auto", "all", "none"):
+        raise UserError(f"--reference must be auto, all or none, got {mode!r}")
+    published = load_reference() if mode != "none" else load_reference([])
+    if mode == "auto":
+        present = set(zip(long["protocol"], long["dataset"]))
+        published = published[[pair in present for pair in zip(published["protocol"], published["dataset"])]]
+    extra = load_reference(list(extra_files)) if extra_files else None
+    parts = [frame for frame in (published, extra) if frame is not None and not frame.empty]
+    return pd.concat([long, *parts], ignore_index=True) if parts else long
