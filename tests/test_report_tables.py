@@ -31,6 +31,7 @@ def records():
     for trial, (k, lin) in enumerate(zip(KNN, LINEAR)):
         recs.append(record("knn", {"top1": k, "top5": 99.0}, trial=trial))
         recs.append(record("linear", {"top1": lin, "top5": 99.5}, trial=trial))
+    recs.append(record("linear-cached", {"top1": 69.0}))
     recs.append(record("knn", {"top1": 30.0}, path="random:resnet18:cifar:32", epochs=None))
     recs.append(record("linear", {"top1": 40.0}, path="random:resnet18:cifar:32", epochs=None))
     for trial in range(2):
@@ -61,7 +62,8 @@ def test_table4_aggregates_trials(records):
     assert table.mean.loc[random_row, ("shapes", "kNN top-1")] == 30.0
     assert math.isnan(table.std.loc[random_row, ("shapes", "kNN top-1")])  # one trial: no sample std
     assert table.n.loc[random_row, ("shapes", "kNN top-1")] == 1
-    assert list(table.mean.columns) == [("shapes", "kNN top-1"), ("shapes", "linear top-1")]
+    assert list(table.mean.columns) == [("shapes", "kNN top-1"), ("shapes", "linear top-1"),
+                                        ("shapes", "linear top-1 (cached)")]
 
 
 def test_table5_layout_and_metric_names(records):

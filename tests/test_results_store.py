@@ -13,7 +13,7 @@ import time
 import pytest
 
 from simsiam_eval.errors import UserError
-from simsiam_eval.results.records import build_record, checkpoint_name, record_dataset
+from simsiam_eval.results.records import build_record, checkpoint_name, dataset_name, record_dataset
 from simsiam_eval.results.store import load_records, publish_record, read_records, select_records
 
 
@@ -67,6 +67,17 @@ def test_names_and_filters(tmp_path):
     assert list(frame["name"]) == ["a/checkpoint_0005", "mine-200ep"]
     assert list(frame["metrics.top1"]) == [20.0, 50.0]
     assert list(frame["dataset"]) == ["shapes", "cifar10"]
+
+
+def test_dataset_names(tmp_path):
+    assert dataset_name("shapes:data/shapes@val") == "shapes"
+    assert dataset_name("cifar10:/data/cifar@test") == "cifar10"
+    assert dataset_name("/data/imagenet/val") == "imagenet"
+    assert dataset_name("/data/pets") == "pets"
+    rec = make_record()
+    rec["data"] = {"train": "fashion-mnist:/d@train", "val": "fashion-mnist:/d@test"}
+    publish_record(rec, db_path=tmp_path / "r.db")
+    assert read_records(tmp_path / "r.db")[0]["data"]["name"] == "fashion-mnist"
 
 
 def test_missing_or_garbage_database(tmp_path):

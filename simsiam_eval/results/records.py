@@ -65,10 +65,28 @@ def checkpoint_name(record: Mapping[str, Any]) -> str:
     return f"{pure.parent.name}/{stem}" if pure.parent.name else stem
 
 
+_SPLIT_FOLDERS = {"train", "val", "valid", "validation", "test", "eval"}
+
+
+def dataset_name(spec: str) -> str:
+    """A short name for a dataset spec: its kind (``cifar10:DIR@test`` -> ``cifar10``), or for an
+    ImageFolder the folder's name (its parent's for split folders: ``/data/imagenet/val`` -> ``imagenet``)."""
+    from simsiam_eval.data.specs import parse_spec
+
+    parsed = parse_spec(spec)
+    if parsed.kind != "imagefolder":
+        return parsed.kind
+    path = parsed.path
+    return path.parent.name if path.name.lower() in _SPLIT_FOLDERS and path.parent.name else path.name
+
+
 def record_dataset(record: Mapping[str, Any]) -> str:
     """The short dataset name tables use (see the module docstring)."""
     data = record.get("data") or {}
-    for key in ("name", "dataset", "task", "val", "test", "train"):
+    for key in ("name", "dataset", "task"):
         if data.get(key):
             return str(data[key])
+    for key in ("val", "test", "train"):
+        if data.get(key):
+            return dataset_name(str(data[key]))
     return "unknown"

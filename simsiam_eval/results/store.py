@@ -117,11 +117,14 @@ def publish_record(record: dict, json_path: str | os.PathLike | None = None,
     """Write ``record`` atomically to ``json_path`` and append it to the database at ``db_path``.
 
     A record without an ``id`` gets one (in place), so its JSON file and database row name each
-    other; appending a record whose ``id`` is already stored is a no-op.
+    other; appending a record whose ``id`` is already stored is a no-op. A record without
+    ``data.name`` gets the short dataset name tables use (``shapes``, ``cifar10``...).
     """
     validate_record(record)
     record.setdefault("id", uuid.uuid4().hex)
     record.setdefault("tags", [])
+    if not record["data"].get("name"):
+        record["data"]["name"] = record_dataset(record)
     if json_path is not None:
         atomic_write_json(record, json_path)
     if db_path is not None:
