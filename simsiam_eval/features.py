@@ -170,6 +170,11 @@ class FeatureCache:
         self.root, self.dtype = Path(root), dtype
 
     @staticmethod
+    def optional(enabled: bool, root: str | os.PathLike | None, dtype: str) -> "FeatureCache | None":
+        """The cache at ``root`` (default: :func:`default_cache_dir`), or None when caching is off."""
+        return FeatureCache(root or default_cache_dir(), dtype) if enabled else None
+
+    @staticmethod
     def key(description: dict) -> str:
         return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40]
 
@@ -195,6 +200,17 @@ class FeatureCache:
     def round(self, features: torch.Tensor) -> torch.Tensor:
         """Features as they read back from the cache: a fresh run and a cache hit give equal numbers."""
         return features.to(CACHE_DTYPES[self.dtype]).float()
+
+
+def load_frozen_backbone(checkpoint: str, fmt: str = "auto", arch: str | None = None,
+                         device: torch.device | str = "cpu") -> tuple[dict, nn.Module, str]:
+    """Read a checkpoint through the one loader; return its record part, the backbone (eval mode,
+    no gradients) and the ``model_id`` that keys its cached features."""
+    from simsiam_eval.checkpoints import build_backbone, read_checkpoint
+
+    ckpt = read_checkpoint(checkpoint, fmt, arch)
+    backbone = build_backbone(ckpt, device).requires_grad_(False)
+    return ckpt.record(), backbone, f"{ckpt.sha256}:{ckpt.arch}:{ckpt.stem}:{ckpt.width}"
 
 
 def _all_ranks_agree(flag: bool) -> bool:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import time
 
-from simsiam_eval.checkpoints import build_backbone, read_checkpoint
 from simsiam_eval.config import Config
 from simsiam_eval.data.transforms import eval_transform
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
-from simsiam_eval.features import FeatureCache, FeatureSet, check_same_classes, dataset_features, default_cache_dir
+from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features,
+                                   load_frozen_backbone)
 from simsiam_eval.knn import BACKENDS, PRESETS, WEIGHTINGS, flat_metrics, knn_classify
 from simsiam_eval.results.records import build_record
 
@@ -65,28 +65,22 @@ def check_knn_config(cfg: Config) -> None:
         raise UserError(f"k must be one or more positive integers, got {cfg.k!r}")
 
 
-def feature_cache(cfg: Config) -> FeatureCache | None:
-    return FeatureCache(cfg.cache_dir or default_cache_dir(), cfg.cache_dtype) if cfg.cache else None
-
-
-def checkpoint_features(cfg: Config, info: DistInfo, specs: dict[str, str], transform) -> tuple[dict, dict[str, FeatureSet], dict]:
-    """Read ``cfg.checkpoint`` and embed each split of ``specs`` (train/val) through the feature cache.
+def checkpoint_features(cfg: Config, info: DistInfo, transform) -> tuple[dict, dict[str, FeatureSet], dict]:
+    """Read ``cfg.checkpoint`` and embed ``cfg.train`` and ``cfg.val`` through the feature cache.
 
     Returns the checkpoint's record part, the feature sets and the seconds spent per split.
     """
-    ckpt = read_checkpoint(cfg.checkpoint, cfg.format, cfg.arch or None)
-    backbone = build_backbone(ckpt, info.device)
-    model_id = f"{ckpt.sha256}:{ckpt.arch}:{ckpt.stem}:{ckpt.width}"
-    cache = feature_cache(cfg)
+    checkpoint, backbone, model_id = load_frozen_backbone(cfg.checkpoint, cfg.format, cfg.arch or None, info.device)
+    cache = FeatureCache.optional(cfg.cache, cfg.cache_dir, cfg.cache_dtype)
     sets, seconds = {}, {}
-    for split, spec in specs.items():
+    for split in ("train", "val"):
         start = time.perf_counter()
-        sets[split] = dataset_features(backbone, spec, transform, info.device, model_id=model_id, cache=cache,
+        sets[split] = dataset_features(backbone, cfg[split], transform, info.device, model_id=model_id, cache=cache,
                                        batch_size=cfg.batch_size, workers=cfg.workers, amp=cfg.amp,
                                        progress=cfg.progress)
         seconds[f"features_{split}"] = time.perf_counter() - start
-    check_same_classes(sets["train"].classes, sets["val"].classes, specs["train"], specs["val"])
-    return ckpt.record(), sets, seconds
+    check_same_classes(sets["train"].classes, sets["val"].classes, cfg.train, cfg.val)
+    return checkpoint, sets, seconds
 
 
 def run_knn(cfg: Config, info: DistInfo) -> dict:
@@ -95,7 +89,7 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     started, clock = time.time(), time.perf_counter()
     ks = cfg.k if isinstance(cfg.k, list) else [cfg.k]
     transform = eval_transform(cfg.image_size, cfg.resize or None)
-    checkpoint, sets, seconds = checkpoint_features(cfg, info, {"train": cfg.train, "val": cfg.val}, transform)
+    checkpoint, sets, seconds = checkpoint_features(cfg, info, transform)
     train, val = sets["train"], sets["val"]
     result = knn_classify(train.features, train.labels, val.features, val.labels, ks=ks,
                           temperature=cfg.temperature, weighting=cfg.weighting, backend=cfg.backend,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Mapping
 
@@ -56,10 +55,10 @@ def evaluation_config(args: argparse.Namespace, defaults: Mapping) -> tuple[Conf
     return load_config(args.config, defaults, overrides), given
 
 
-def publish(record: dict, cfg: Config, protocol: str) -> Path:
-    """Write the record to its JSON file and append it to the results database; return the JSON path."""
+def publish(record: dict, cfg: Config, default_name: str) -> Path:
+    """Write the record to its JSON file (``cfg.output``, else ``output_dir/default_name``) and append it
+    to the results database; return the JSON path."""
     record["tags"] = list(cfg.get("tags") or [])
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    json_path = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / f"{protocol}-{stamp}.json"
+    json_path = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / default_name
     publish_record(record, json_path, resolve_db_path(cfg.results or None, cfg.output_dir))
     return json_path

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from simsiam_eval.commands._evaluation import add_evaluation_flags, evaluation_config, publish
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         record = run_knn(cfg, info)
         if info.is_main:
-            path = publish(record, cfg, "knn")
+            path = publish(record, cfg, f"knn-{time.strftime('%Y%m%d-%H%M%S')}.json")
             for k, m in record["settings"]["per_k"].items():
                 print(f"kNN k={k} T={cfg.temperature}: top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%")
             print(f"record: {path}")

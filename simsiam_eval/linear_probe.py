@@ -1,0 +1,225 @@
+"""``linear`` evaluation of a checkpoint: main_lincls (``protocol``) or the fast ``cached`` deviation.
+
+protocol: frozen backbone in eval mode; every step embeds RandomResizedCrop+flip images; fc
+          N(0, 0.01)/0; LARS (apex LARC, trust 0.001, clip False) batch 4096, lr 0.1 x batch/256, or
+          SGD lr 30 x batch/256 with batch 256; cosine per epoch; momentum 0.9, wd 0; validation
+          Resize+CenterCrop every epoch; at the end the backbone must be bit-identical.
+cached:   the same classifier and optimiser on pool5 features computed once (the eval view, or
+          ``views`` cached augmented views per image, one drawn per image per epoch).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from simsiam_eval.config import Config
+from simsiam_eval.data.specs import open_dataset, prepare_dataset
+from simsiam_eval.data.transforms import eval_transform, linear_train_transform
+from simsiam_eval.distributed import DistInfo
+from simsiam_eval.errors import UserError
+from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone, pool5
+from simsiam_eval.linear import (DEFAULT_BASE_LR, DEFAULT_BATCH_SIZE, OPTIMIZERS, LinearTrainer, build_classifier,
+                                 build_optimizer)
+from simsiam_eval.results.records import build_record
+
+MODES = ("protocol", "cached")
+LINEAR_DEFAULTS = {
+    "checkpoint": "",            # checkpoint file (any supported format) or random:ARCH[:STEM[:WIDTH]]
+    "format": "auto",
+    "arch": "",                  # expected arch; empty: whatever the checkpoint holds
+    "train": "",
+    "val": "",
+    "mode": "protocol",          # protocol (main_lincls) | cached (features computed once: a deviation)
+    "views": 0,                  # cached: 0 = train on the eval view; N = N cached augmented views per image
+    "epochs": 90,
+    "optimizer": "lars",         # lars | sgd
+    "batch_size": 0,             # 0: 4096 for lars, 256 for sgd (total over processes)
+    "base_lr": 0.0,              # 0: 0.1 for lars, 30 for sgd; lr = base_lr * batch_size / 256
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "lars": {
+        "trust_coefficient": 0.001,
+        "clip": False,
+        "exclude_1d": False,     # True: biases (1-d) get neither adaptation nor weight decay (DINO style)
+        "eps": 1.0e-8,
+    },
+    "image_size": 224,
+    "resize": 0,                 # 0: image_size * 256 / 224
+    "eval_batch_size": 256,      # images per batch for validation and feature extraction
+    "workers": 8,
+    "device": "auto",
+    "amp": True,                 # mixed precision for the frozen backbone on CUDA
+    "seed": 0,
+    "resume": True,              # continue from output_dir/linear_state.pth when it is there
+    "progress": True,
+    "tensorboard": True,
+    "cache": True,
+    "cache_dir": "",             # empty: $SIMSIAM_EVAL_CACHE or ~/.cache/simsiam-eval/features
+    "cache_dtype": "float32",
+    "output_dir": "runs/linear", # linear_state.pth, metrics.jsonl, tensorboard/, linear.json, results.db
+    "output": "",                # JSON record; empty: output_dir/linear.json
+    "results": "",               # results database; empty: output_dir/results.db
+    "tags": [],
+}
+
+
+def resolved_hyperparameters(cfg: Config) -> tuple[int, float, float]:
+    """(batch size, base lr, lr) with the per-optimiser defaults of main_lincls."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer '{cfg.optimizer}' (choose from {', '.join(OPTIMIZERS)})")
+    batch = cfg.batch_size or DEFAULT_BATCH_SIZE[cfg.optimizer]
+    base_lr = cfg.base_lr or DEFAULT_BASE_LR[cfg.optimizer]
+    return batch, base_lr, base_lr * batch / 256
+
+
+def check_linear_config(cfg: Config) -> None:
+    for key in ("checkpoint", "train", "val"):
+        if not cfg[key]:
+            raise UserError(f"{key} is empty: give --{key}")
+    if cfg.mode not in MODES:
+        raise UserError(f"unknown mode '{cfg.mode}' (choose from {', '.join(MODES)})")
+    if cfg.epochs < 1 or cfg.views < 0 or cfg.batch_size < 0:
+        raise UserError("epochs must be >= 1, views >= 0 and batch_size >= 0")
+    if cfg.views and cfg.mode != "cached":
+        raise UserError("views applies to mode=cached only")
+    resolved_hyperparameters(cfg)
+
+
+def _identity(cfg: Config, checkpoint: dict) -> dict:
+    keys = ("mode", "views", "train", "val", "optimizer", "epochs", "momentum", "weight_decay", "image_size",
+            "resize", "seed")
+    batch, base_lr, _ = resolved_hyperparameters(cfg)
+    return {"checkpoint": checkpoint["sha256"], **{k: cfg[k] for k in keys}, "batch_size": batch,
+            "base_lr": base_lr, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None}
+
+
+def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
+    """Features once (train views and val) -> batch iterators over tensors on the device."""
+    cache = FeatureCache.optional(cfg.cache, cfg.cache_dir, cfg.cache_dtype)
+    common = dict(model_id=model_id, cache=cache, batch_size=cfg.eval_batch_size, workers=cfg.workers,
+                  amp=cfg.amp, progress=cfg.progress)
+    val_transform = eval_transform(cfg.image_size, cfg.resize or None)
+    val = dataset_features(backbone, cfg.val, val_transform, info.device, **common)
+    if cfg.views == 0:
+        train_transform = val_transform
+        views = [dataset_features(backbone, cfg.train, train_transform, info.device, **common)]
+    else:
+        train_transform = linear_train_transform(cfg.image_size)
+        views = [dataset_features(backbone, cfg.train, train_transform, info.device, view_seed=v, **common)
+                 for v in range(cfg.views)]
+    check_same_classes(views[0].classes, val.classes, cfg.train, cfg.val)
+    train_x = torch.stack([v.features for v in views]).to(info.device)  # (views, N, D)
+    train_y, val_x, val_y = views[0].labels.to(info.device), val.features.to(info.device), val.labels.to(info.device)
+    batch, _, _ = resolved_hyperparameters(cfg)
+
+    def train_batches(epoch: int):
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(train_x.shape[1], generator=generator)
+        view = torch.randint(train_x.shape[0], (train_x.shape[1],), generator=generator)
+        for start in range(0, len(order), batch):
+            idx = order[start:start + batch]
+            yield train_x[view[idx].to(info.device), idx.to(info.device)], train_y[idx.to(info.device)]
+
+    def val_batches():
+        for start in range(0, len(val_y), cfg.eval_batch_size):
+            yield val_x[start:start + cfg.eval_batch_size], val_y[start:start + cfg.eval_batch_size]
+
+    sizes = {"num_train": train_x.shape[1], "num_val": len(val_y), "num_classes": len(val.classes),
+             "feature_dim": train_x.shape[2]}
+    return train_batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}
+
+
+def _protocol_batches(cfg: Config, info: DistInfo, backbone):
+    """Image loaders whose batches go through the frozen backbone (main_lincls)."""
+    train_transform = linear_train_transform(cfg.image_size)
+    val_transform = eval_transform(cfg.image_size, cfg.resize or None)
+    train_set = open_dataset(prepare_dataset(cfg.train), train_transform)
+    val_set = open_dataset(prepare_dataset(cfg.val), val_transform)
+    check_same_classes(train_set.classes, val_set.classes, cfg.train, cfg.val)
+    for spec, dataset in ((cfg.train, train_set), (cfg.val, val_set)):
+        if len(dataset) == 0:
+            raise UserError(f"{spec}: the data set is empty")
+    batch, _, _ = resolved_hyperparameters(cfg)
+    per_process = max(1, batch // info.world_size)
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed)
+    loader_options = dict(num_workers=cfg.workers, pin_memory=info.device.type == "cuda",
+                          persistent_workers=cfg.workers > 0)
+    train_loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, **loader_options)
+    val_loader = DataLoader(Subset(val_set, range(info.rank, len(val_set), info.world_size)),
+                            batch_size=cfg.eval_batch_size, shuffle=False, **loader_options)
+    use_amp = cfg.amp and info.device.type == "cuda"
+
+    def embed(loader):
+        backbone.eval()  # frozen BN statistics, whatever mode the module was handed over in
+        for images, labels in loader:
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                features = pool5(backbone, images.to(info.device, non_blocking=True))
+            yield features.float(), labels.to(info.device, non_blocking=True)
+
+    def train_batches(epoch: int):
+        sampler.set_epoch(epoch)
+        return embed(train_loader)
+
+    def val_batches():
+        return embed(val_loader)
+
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size, device=info.device)
+        dim = pool5(backbone.eval(), probe).shape[1]
+    sizes = {"num_train": len(train_set), "num_val": len(val_set), "num_classes": len(train_set.classes),
+             "feature_dim": dim}
+    return train_batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}
+
+
+def _snapshot(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def run_linear(cfg: Config, info: DistInfo) -> dict:
+    """Train (or resume) the linear probe of ``cfg.checkpoint``; return its record."""
+    check_linear_config(cfg)
+    started, clock = time.time(), time.perf_counter()
+    checkpoint, backbone, model_id = load_frozen_backbone(cfg.checkpoint, cfg.format, cfg.arch or None, info.device)
+    before = _snapshot(backbone) if cfg.mode == "protocol" else None
+    if cfg.mode == "cached":
+        train_batches, val_batches, sizes, transforms = _cached_batches(cfg, info, backbone, model_id)
+        del backbone
+    else:
+        train_batches, val_batches, sizes, transforms = _protocol_batches(cfg, info, backbone)
+    features_seconds = time.perf_counter() - clock
+    batch, base_lr, lr = resolved_hyperparameters(cfg)
+    classifier = build_classifier(sizes["feature_dim"], sizes["num_classes"], cfg.seed).to(info.device)
+    distributed_fc = cfg.mode == "protocol" and info.distributed
+    forward = (DistributedDataParallel(classifier, device_ids=[info.device.index] if info.device.type == "cuda"
+                                       else None) if distributed_fc else classifier)
+    optimizer = build_optimizer(classifier.parameters(), cfg.optimizer, lr, cfg.momentum, cfg.weight_decay,
+                                cfg.lars.to_dict())
+    trainer = LinearTrainer(classifier, optimizer, lr, cfg.epochs, cfg.output_dir, _identity(cfg, checkpoint),
+                            is_main=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
+                            forward=forward)
+    resumed_from = trainer.resume() if cfg.resume else 0
+    history = trainer.fit(train_batches, val_batches, reduce=distributed_fc)
+    settings = {"mode": cfg.mode, "views": cfg.views, "optimizer": cfg.optimizer, "epochs": cfg.epochs,
+                "batch_size": batch, "base_lr": base_lr, "lr": lr, "momentum": cfg.momentum,
+                "weight_decay": cfg.weight_decay, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None,
+                "schedule": "cosine per epoch", "image_size": cfg.image_size, "transforms": transforms,
+                "feature_dim": sizes["feature_dim"], "resumed_from_epoch": resumed_from,
+                "timings": {"features_or_setup": round(features_seconds, 3),
+                            "epochs": round(sum(row["seconds"] for row in history[resumed_from:]), 3)}}
+    if before is not None:
+        after = _snapshot(backbone)
+        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        if changed:
+            raise RuntimeError(f"the frozen backbone changed during linear training: {changed[:5]}")
+        settings["backbone_unchanged"] = True
+    last = history[-1]
+    metrics = {"top1": last["top1"], "top5": last["top5"], "best_top1": max(r["top1"] for r in history),
+               "loss": last["loss"]}
+    data = {"train": cfg.train, "val": cfg.val, **{k: sizes[k] for k in ("num_train", "num_val", "num_classes")}}
+    protocol = "linear" if cfg.mode == "protocol" else "linear-cached"
+    return build_record(protocol, metrics, checkpoint, data, settings, started, time.perf_counter() - clock,
+                        seed=cfg.seed)

@@ -1,0 +1,141 @@
+"""Weighted kNN: brute-force numpy reference, backend agreement, sklearn uniform vote, edge cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+import simsiam_eval.knn as knn_module
+from simsiam_eval.errors import UserError
+from simsiam_eval.knn import FaissSearch, TorchSearch, knn_classify, l2_normalize, nearest_neighbors
+
+
+def clustered(n: int, dim: int, classes: int, seed: int, spread: float = 1.5):
+    """Features around one random centre per class (so accuracies are far from chance and from 100%)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g)
+    labels = torch.randint(classes, (n,), generator=g)
+    return centres[labels] + spread * torch.randn(n, dim, generator=g), labels
+
+
+def numpy_knn(train, train_labels, val, k, temperature, num_classes, weighting="exp"):
+    """Independent reference: full similarity matrix in float64, stable sorts (ties -> lower index)."""
+    bank = train.numpy().astype(np.float64)
+    queries = val.numpy().astype(np.float64)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    sims = (queries[:, None, :] * bank[None, :, :]).sum(-1)
+    k = min(k, len(bank))
+    neighbours = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    weights = np.exp(np.take_along_axis(sims, neighbours, 1) / temperature) if weighting == "exp" \
+        else np.ones(neighbours.shape)
+    scores = np.zeros((len(queries), num_classes))
+    for q in range(len(queries)):
+        np.add.at(scores[q], train_labels.numpy()[neighbours[q]], weights[q])
+    return np.argsort(-scores, axis=1, kind="stable")
+
+
+def accuracies(ranking, targets, k):
+    top5 = min(5, k, ranking.shape[1])
+    hits = ranking[:, :top5] == targets[:, None]
+    return 100.0 * hits[:, 0].mean(), 100.0 * hits.any(axis=1).mean()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_matches_bruteforce_numpy(backend):
+    train, train_labels = clustered(600, 24, 7, seed=1)
+    val, val_labels = clustered(130, 24, 7, seed=2)
+    # exact ties: duplicated bank rows with other labels, so a k boundary falls inside a tie group
+    train[300:340] = train[200:240]
+    train_labels[300:340] = (train_labels[200:240] + 1) % 7
+    val[:10] = train[200:210]
+    ks = [1, 5, 20, 200, 1000]
+    for temperature in (0.07, 0.1, 0.5):
+        result = knn_classify(train, train_labels, val, val_labels, ks=ks, temperature=temperature, backend=backend)
+        for k in ks:
+            expected = numpy_knn(train, train_labels, val, k, temperature, 7)
+            got = result.rankings[k].numpy()
+            assert (got[:, :min(5, k)] == expected[:, :min(5, k)]).all(), (k, temperature)
+            top1, top5 = accuracies(expected, val_labels.numpy(), min(k, len(train)))
+            assert result.metrics[k]["top1"] == pytest.approx(top1, abs=1e-9)
+            assert result.metrics[k]["top5"] == pytest.approx(top5, abs=1e-9)
+    print(f"\nbrute-force agreement ({backend}): k {ks}, T 0.07/0.1/0.5, top-1 k=20 {result.metrics[20]['top1']:.2f}%")
+
+
+def test_faiss_and_torch_backends_agree_exactly(monkeypatch):
+    train, train_labels = clustered(3000, 32, 11, seed=3)
+    val, val_labels = clustered(257, 32, 11, seed=4)
+    train[1000:1500] = train[0]  # a tie group larger than the candidate margin: forces re-searching
+    val[:5] = train[0]
+    bank, queries = l2_normalize(train), l2_normalize(val)
+    reference = nearest_neighbors(bank, queries, 200, TorchSearch(bank))
+    monkeypatch.setattr(knn_module, "BLOCK_ELEMENTS", 1 << 12)  # tiny blocks: chunked queries and bank
+    monkeypatch.setattr(knn_module, "REFINE_ELEMENTS", 1 << 14)
+    for search in (TorchSearch(bank), FaissSearch(bank, use_gpu=False), FaissSearch(bank, use_gpu=False, shard_rows=700)):
+        sims, idx = nearest_neighbors(bank, queries, 200, search)
+        assert torch.equal(idx, reference[1]) and torch.equal(sims, reference[0]), search.name
+    a = knn_classify(train, train_labels, val, val_labels, ks=[10, 200], backend="faiss")
+    b = knn_classify(train, train_labels, val, val_labels, ks=[10, 200], backend="torch")
+    assert a.metrics == b.metrics and all(torch.equal(a.rankings[k], b.rankings[k]) for k in (10, 200))
+    assert idx[:5, :200].min() == 0 and (idx[:5] >= 1000).sum() > 0  # the tie group is ranked by index
+
+
+def test_faiss_gpu_k_limit_falls_back_without_limit(monkeypatch):
+    train, _ = clustered(400, 8, 3, seed=5)
+    val, _ = clustered(20, 8, 3, seed=6)
+    bank, queries = l2_normalize(train), l2_normalize(val)
+    limited = FaissSearch(bank, use_gpu=False)
+    limited.max_k = 50  # what a GPU index imposes (2048 there)
+    assert all(torch.equal(a, b) for a, b in zip(nearest_neighbors(bank, queries, 300, limited),
+                                                  nearest_neighbors(bank, queries, 300, TorchSearch(bank))))
+
+
+@pytest.mark.parametrize("k", [1, 7, 50])
+def test_uniform_vote_equals_sklearn_cosine(k):
+    train, train_labels = clustered(500, 16, 5, seed=7, spread=2.5)
+    val, val_labels = clustered(90, 16, 5, seed=8, spread=2.5)
+    ours = knn_classify(train, train_labels, val, val_labels, ks=[k], weighting="uniform")
+    sk = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute", weights="uniform")
+    predicted = sk.fit(train.numpy(), train_labels.numpy()).predict(val.numpy())
+    assert (ours.rankings[k][:, 0].numpy() == predicted).all()
+    assert ours.metrics[k]["top1"] == pytest.approx(100.0 * (predicted == val_labels.numpy()).mean())
+
+
+def test_few_queries_and_classes_from_labels():
+    train, train_labels = clustered(300, 8, 1500, seed=9)  # more classes than images: none hard-coded
+    val, val_labels = train[:3] + 0.01, train_labels[:3]
+    result = knn_classify(train, train_labels, val, val_labels, ks=[1, 200], temperature=0.07)
+    assert result.rankings[1].shape == (3, int(max(train_labels.max(), val_labels.max())) + 1)
+    assert result.metrics[1] == {"top1": 100.0, "top5": 100.0}  # top-5 of k=1 looks at one class
+    single = knn_classify(train, train_labels, val[:1], val_labels[:1], ks=[5])
+    assert single.metrics[5]["top1"] == 100.0
+
+
+def test_top5_uses_min_of_5_and_k():
+    train = torch.eye(6)
+    labels = torch.arange(6)
+    val = torch.tensor([[1.0, 0.9, 0.8, 0.7, 0.0, 0.0]])
+    target = torch.tensor([3])  # fourth-nearest neighbour's class
+    result = knn_classify(train, labels, val, target, ks=[2, 4], temperature=0.1)
+    assert result.metrics[2]["top5"] == 0.0 and result.metrics[4]["top5"] == 100.0
+
+
+@pytest.mark.parametrize("bad", ["empty_train", "empty_val", "dims", "k", "temperature"])
+def test_bad_inputs_are_user_errors(bad):
+    train, labels = torch.randn(10, 4), torch.zeros(10, dtype=torch.long)
+    val, val_labels = torch.randn(3, 4), torch.zeros(3, dtype=torch.long)
+    kwargs = {"ks": [5], "temperature": 0.1}
+    if bad == "empty_train":
+        train, labels = train[:0], labels[:0]
+    elif bad == "empty_val":
+        val, val_labels = val[:0], val_labels[:0]
+    elif bad == "dims":
+        val = torch.randn(3, 5)
+    elif bad == "k":
+        kwargs["ks"] = [0]
+    else:
+        kwargs["temperature"] = 0.0
+    with pytest.raises(UserError) as info:
+        knn_classify(train, labels, val, val_labels, **kwargs)
+    assert "\n" not in str(info.value)
