@@ -51,6 +51,7 @@ class CanonicalCheckpoint:
     sha256: str | None = None
     found: list[str] = field(default_factory=list)     # source keys that became backbone tensors
     dropped: list[str] = field(default_factory=list)   # source tensor keys left out (heads, fc, ...)
+    dropped_groups: dict[str, int] = field(default_factory=dict)  # e.g. {"module.predictor.*": 6}
     filled: list[str] = field(default_factory=list)    # keys absent in the source, filled in (BN counters)
     metadata: dict[str, Any] = field(default_factory=dict)  # e.g. epoch, original arch string
 
@@ -113,11 +114,16 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint"
     return ResNetSpec(arch, stem, width)
 
 
+def arch_layout(arch: str) -> tuple[str, tuple[int, ...], int, int]:
+    """(block type, blocks per stage, groups, width per group) of a torchvision ResNet name."""
+    return next(k for k, v in _TORCHVISION_ARCHS.items() if v == arch)
+
+
 def build_resnet_module(spec: ResNetSpec) -> ResNet:
     """The torchvision ResNet (or CIFAR variant) for ``spec``, with its ``fc`` still in place."""
     if spec.stem == "imagenet":
         return models.__dict__[spec.arch]()
-    block, blocks, _, _ = next(k for k, v in _TORCHVISION_ARCHS.items() if v == spec.arch)
+    block, blocks, _, _ = arch_layout(spec.arch)
     return CifarResNet(_BLOCKS[block], list(blocks), width=spec.width)
 
 
@@ -149,10 +155,17 @@ def check_complete(state_dict: dict[str, torch.Tensor], spec: ResNetSpec, where:
 
 
 def build_backbone(ckpt: CanonicalCheckpoint, device: str | torch.device = "cpu") -> ResNet:
-    """The backbone as a module in eval mode: ``fc`` replaced by Identity, so ``forward`` gives pool5 features."""
-    module = build_resnet_module(ResNetSpec(ckpt.arch, ckpt.stem, ckpt.width))
+    """The backbone as a module in eval mode: ``fc`` replaced by Identity, so ``forward`` gives pool5 features.
+
+    The module owns copies of the checkpoint's tensors (built on the meta device, then assigned: no
+    random initialisation is spent), in float32, so training it leaves ``ckpt.state_dict`` untouched.
+    """
+    with torch.device("meta"):
+        module = build_resnet_module(ResNetSpec(ckpt.arch, ckpt.stem, ckpt.width))
     module.fc = nn.Identity()
-    module.load_state_dict(ckpt.state_dict, strict=True)
+    state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+             for k, v in ckpt.state_dict.items()}
+    module.load_state_dict(state, strict=True, assign=True)
     return module.to(device).eval()
 
 

@@ -50,23 +50,56 @@ def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
     return 0 < header_len <= size - 8 and head[8:9] == b"{"
 
 
+# Modules whose presence in a checkpoint means it was crafted to run code: refused outright.
+_HOSTILE_MODULES = {"os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "importlib", "runpy",
+                    "shutil", "socket", "pty", "code", "ctypes", "marshal", "types", "webbrowser", "pickle",
+                    "torch.serialization", "torch._C", "operator", "functools", "eval", "exec"}
+
+
+class Placeholder:
+    """Stands in for a non-tensor object of a checkpoint (argparse.Namespace, an OmegaConf config...).
+
+    Its constructor and ``__setstate__`` only store what they receive: nothing from the file runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {type(self).__qualname__}>"
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
-            raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and "
-                            f"containers ({_refused_global(exc)})") from None
-        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+        if "Weights only load failed" not in str(exc):
+            raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
         raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+    return _torch_load_with_placeholders(path)
 
 
-def _refused_global(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if "GLOBAL" in line or "Unsupported global" in line:
-            return line.strip().rstrip(".")
-    return "weights_only=True refused it"
+def _torch_load_with_placeholders(path: Path) -> Any:
+    """weights_only=True again, with each non-allowed global (e.g. ``argparse.Namespace`` in DINO's and timm's
+    checkpoints, OmegaConf configs in Lightning's) mapped to an inert :class:`Placeholder`."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:
+        raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and containers "
+                        f"({_first_line(exc)})") from None
+    hostile = sorted(n for n in names if n.rpartition(".")[0] in _HOSTILE_MODULES or n.split(".")[0] in _HOSTILE_MODULES)
+    if hostile:
+        raise UserError(f"{path}: refused to load: the file carries code ({', '.join(hostile)})")
+    stubs = [(type(name.rpartition(".")[2], (Placeholder,), {"__qualname__": name}), name) for name in names]
+    try:
+        with torch.serialization.safe_globals(stubs):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
 
 
 def _pickle_load(path: Path) -> Any:

@@ -48,7 +48,8 @@ def canonicalize(obj: Any, fmt: str = "auto", where: str = "checkpoint") -> Cano
     spec = infer_spec(state, where)
     filled = check_complete(state, spec, where)
     return CanonicalCheckpoint(state, spec.arch, spec.stem, spec.width, source_format=chosen.name,
-                               found=found, dropped=dropped, filled=filled, metadata=_metadata(obj))
+                               found=found, dropped=dropped, dropped_groups=group_keys(dropped, rename),
+                               filled=filled, metadata=_metadata(obj))
 
 
 def _choose_format(obj: Any, fmt: str, where: str) -> Format:
@@ -78,6 +79,29 @@ def split_backbone(tensors: Mapping[str, torch.Tensor], rename, where: str):
         state[name] = value
         found.append(key)
     return state, found, dropped
+
+
+_WRAPPERS = {"module", "teacher", "student", "trunk", "heads", "state_dict_ema", "model"}
+
+
+def group_keys(keys: list[str], rename) -> dict[str, int]:
+    """Count dropped keys per part of the source model: ``module.encoder.fc.*``, ``module.predictor.*``, ``queue``."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        name = rename(key)
+        if name is not None and name != key[len(key) - len(name):]:
+            name = None
+        if name is not None:  # a non-backbone part inside the backbone's namespace, e.g. the projector in fc
+            group = key[:len(key) - len(name)] + name.split(".")[0]
+        else:
+            parts = key.split(".")
+            depth = 0
+            while depth < len(parts) - 1 and parts[depth] in _WRAPPERS:
+                depth += 1
+            group = ".".join(parts[:depth + 1])
+        group += ".*" if group != key else ""
+        groups[group] = groups.get(group, 0) + 1
+    return groups
 
 
 def _metadata(obj: Any) -> dict[str, Any]:

@@ -7,12 +7,13 @@ predictor, momentum encoder, queue, fc...). Keys that rename to ``fc.*`` are dro
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+
+from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision
 
 Rename = Callable[[str], "str | None"]
 
@@ -27,7 +28,7 @@ def _tensors(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
             if isinstance(value, torch.Tensor):
                 found[name] = value
             elif isinstance(value, np.ndarray):
-                found[name] = torch.from_numpy(np.ascontiguousarray(value))
+                found[name] = torch.as_tensor(value)
             elif isinstance(value, Mapping):
                 found.update(_tensors(value, name + "."))
     return found
@@ -127,28 +128,6 @@ def read_plain(obj: Any):
     ``module.backbone.layer1.0.conv1.weight``), possibly inside ``state_dict``/``model``; projection heads,
     prototypes and ``bn`` of the loss are dropped."""
     return _tensors(_state_dict(obj)), _strip("module.backbone.", "backbone.", "module.")
-
-
-_D2_STAGE = re.compile(r"^res([2-5])\.")
-
-
-def detectron2_to_torchvision(key: str) -> str | None:
-    """Invert MoCo's renaming (``stem.conv1.norm`` -> ``bn1``, ``res{N+1}`` -> ``layerN``, ``convK.norm`` ->
-    ``bnK``, ``shortcut`` -> ``downsample.0``, ``shortcut.norm`` -> ``downsample.1``); None for non-backbone keys."""
-    for prefix in ("backbone.bottom_up.", "backbone."):
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-            break
-    if key.startswith("roi_heads.res5."):  # R50-C4 keeps res5 in its box head
-        key = key[len("roi_heads."):]
-    if key.startswith("stem."):
-        key = key[len("stem."):]
-    elif m := _D2_STAGE.match(key):
-        key = f"layer{int(m.group(1)) - 1}." + key[m.end():]
-    else:
-        return None
-    key = re.sub(r"(^|\.)conv([1-3])\.norm\.", r"\1bn\2.", key)
-    return key.replace("shortcut.norm.", "downsample.1.").replace("shortcut.", "downsample.0.")
 
 
 def read_detectron2(obj: Any):

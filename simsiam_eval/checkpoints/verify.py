@@ -1,0 +1,189 @@
+"""Verification after a conversion: counts of backbone tensors found / written / dropped, a bit-exact re-read
+of the output, and a numerical check in the target library when it is importable."""
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint, arch_layout, build_backbone
+from simsiam_eval.checkpoints.read import read_checkpoint
+from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision
+from simsiam_eval.checkpoints.writers import TARGET_READERS
+from simsiam_eval.errors import UserError
+
+TOLERANCE = 1e-5
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None  # None: skipped
+    detail: str
+
+
+@dataclass
+class Verification:
+    """What a conversion read, wrote and left out, and the checks run on the output."""
+
+    source: CanonicalCheckpoint
+    target: str
+    written: int
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed is not False for c in self.checks)
+
+    def table(self) -> str:
+        src = self.source
+        rows = [("backbone tensors found", str(len(src.found)), f"{src.arch} ({src.stem} stem) in {src.source_format} layout"),
+                ("backbone tensors written", str(self.written), self.target),
+                ("backbone tensors missing", "0" if not src.filled else str(len(src.filled)),
+                 "filled: " + ", ".join(src.filled) if src.filled else "")]
+        dropped = ", ".join(f"{group} ({n})" for group, n in src.dropped_groups.items())
+        rows.append(("tensors dropped", str(len(src.dropped)), dropped))
+        for check in self.checks:
+            status = {True: "ok", False: "FAILED", None: "skipped"}[check.passed]
+            rows.append((check.name, status, check.detail))
+        width = max(len(r[0]) for r in rows)
+        count = max(len(r[1]) for r in rows)
+        return "\n".join(f"{name:<{width}}  {value:>{count}}  {detail}".rstrip() for name, value, detail in rows)
+
+
+def verify_conversion(source: CanonicalCheckpoint, output: str | os.PathLike, target: str,
+                      written: list[str], numerical: bool = True) -> Verification:
+    """Check the written file against the source; a UserError if any backbone tensor is missing or differs."""
+    if len(written) != len(source.state_dict):
+        raise UserError(f"{output}: wrote {len(written)} backbone tensors, expected {len(source.state_dict)}")
+    report = Verification(source, target, len(written))
+    with single_thread():
+        again = read_checkpoint(output, fmt=TARGET_READERS[target])
+        report.checks.append(reread_check(source, again, output))
+        if numerical:
+            check = {"detectron2": detectron2_check, "timm": timm_check}.get(target, torchvision_check)
+            x = probe_input(source)
+            report.checks.append(check(again, output, x, torchvision_stage_outputs(source, x)))
+    failed = [c for c in report.checks if c.passed is False]
+    if failed:
+        raise UserError(f"{output}: verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+    return report
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for the checks (tiny forward passes, tensor comparisons): on a busy CPU, extra
+    threads made them up to 40x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def reread_check(source: CanonicalCheckpoint, again: CanonicalCheckpoint, output) -> Check:
+    """The file read back holds every source backbone tensor, bit for bit (dtype included)."""
+    missing = [k for k in source.state_dict if k not in again.state_dict]
+    if missing:
+        raise UserError(f"{output}: {len(missing)} backbone tensors missing after conversion ({', '.join(missing[:4])})")
+    differ = [k for k, v in source.state_dict.items()
+              if again.state_dict[k].dtype != v.dtype or not torch.equal(again.state_dict[k], v)]
+    if differ:
+        return Check("re-read output", False, f"{len(differ)} tensors differ ({', '.join(differ[:4])})")
+    return Check("re-read output", True, f"{len(again.state_dict)} tensors bit-identical, arch {again.arch}")
+
+
+def probe_input(ckpt: CanonicalCheckpoint, batch: int = 2) -> torch.Tensor:
+    """A fixed random normalised image batch (32x32: res5 is 1x1 for the ImageNet stem, 4x4 for CIFAR's)."""
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def torchvision_stage_outputs(ckpt: CanonicalCheckpoint, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """res2..res5 (layer1..layer4) feature maps and pooled features of the torchvision backbone."""
+    model = build_backbone(ckpt)
+    outputs = {}
+    with torch.no_grad():
+        h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        for index in range(1, 5):
+            h = getattr(model, f"layer{index}")(h)
+            outputs[f"res{index + 1}"] = h
+        outputs["pooled"] = torch.flatten(model.avgpool(h), 1)
+    return outputs
+
+
+def _compare(name: str, got: torch.Tensor, want: torch.Tensor) -> Check:
+    if got.shape != want.shape:
+        return Check(name, False, f"shape {tuple(got.shape)} != {tuple(want.shape)}")
+    diff = (got - want).abs().max().item()
+    return Check(name, diff <= TOLERANCE, f"max |diff| {diff:.1e} (tolerance {TOLERANCE:g})")
+
+
+def torchvision_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
+    """The output loaded into a torchvision ResNet gives the source's pooled features."""
+    with torch.no_grad():
+        got = build_backbone(again)(x)
+    return _compare("torchvision pooled features", got, reference["pooled"])
+
+
+def timm_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
+    """The output loaded (strict) into ``timm.create_model(arch, num_classes=0)`` gives the same pooled features."""
+    try:
+        import timm
+    except ImportError:
+        return Check("timm pooled features", None, "timm not installed")
+    with torch.device("meta"):
+        model = timm.create_model(again.arch, pretrained=False, num_classes=0)
+    model.load_state_dict(again.state_dict, strict=True, assign=True)
+    with torch.no_grad():
+        got = model.eval()(x)
+    return _compare("timm pooled features", got, reference["pooled"])
+
+
+def detectron2_resnet_config(arch: str, out_features=("res4",)):
+    """A Detectron2 config whose ResNet matches torchvision's ``arch`` (STRIDE_IN_1X1 False, BN, nothing frozen)."""
+    from detectron2.config import get_cfg
+
+    block, blocks, groups, width_per_group = arch_layout(arch)
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.DEPTH = sum(blocks) * (3 if block == "bottleneck" else 2) + 2
+    cfg.MODEL.RESNETS.NUM_GROUPS = groups
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = width_per_group
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 256 if block == "bottleneck" else 64
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.MODEL.RESNETS.NORM = "BN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = list(out_features)
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def detectron2_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
+    """The .pkl loaded by DetectionCheckpointer into Detectron2's ResNet: every tensor matched, res4/res5 equal."""
+    name = "detectron2 res4/res5 outputs"
+    try:
+        with warnings.catch_warnings():  # detectron2's import warns about torch.jit.script
+            warnings.simplefilter("ignore", FutureWarning)
+            from detectron2.checkpoint import DetectionCheckpointer
+            from detectron2.layers import ShapeSpec
+            from detectron2.modeling.backbone import build_resnet_backbone
+    except ImportError:
+        return Check(name, None, "detectron2 not installed")
+    cfg = detectron2_resnet_config(again.arch, ("res4", "res5"))
+    with torch.device("meta"):  # no random init: every tensor is loaded from the file (checked below)
+        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    backbone.to_empty(device="cpu")
+    DetectionCheckpointer(backbone).load(str(output))
+    unmatched = [k for k, v in backbone.state_dict().items()
+                 if not torch.equal(v, again.state_dict[detectron2_to_torchvision(k)].to(v.dtype))]
+    if unmatched:
+        return Check(name, False, f"{len(unmatched)} Detectron2 tensors not loaded from the file ({', '.join(unmatched[:4])})")
+    with torch.no_grad():
+        got = backbone.eval()(x)
+    checks = [_compare(name, got[stage], reference[stage]) for stage in ("res4", "res5")]
+    worst = next((c for c in checks if not c.passed), checks[0])
+    return Check(name, worst.passed, f"{len(backbone.state_dict())} tensors matched; " + worst.detail)
