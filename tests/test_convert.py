@@ -1,0 +1,323 @@
+"""Conversion: round trips, the Detectron2 key set, verification, safety, the CLI and the MoCo-style script."""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torchvision import models
+
+from pretrain.model import SimSiam
+from simsiam_eval.checkpoints import read_checkpoint
+from simsiam_eval.checkpoints.convert import convert_checkpoint
+from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision, torchvision_to_detectron2
+from simsiam_eval.checkpoints.writers import target_from_suffix
+from simsiam_eval.cli import main
+from simsiam_eval.errors import UserError
+from simsiam_eval.safe_pickle import safe_load
+
+ROOT = Path(__file__).resolve().parent.parent
+PIXEL_MEAN, PIXEL_STD = [123.675, 116.280, 103.530], [58.395, 57.120, 57.375]
+
+
+def moco_rules(state: dict) -> set[str]:
+    """MoCo's detection/convert-pretrain-to-detectron2.py, applied to a torchvision backbone's keys."""
+    names = set()
+    for k in state:
+        if "layer" not in k:
+            k = "stem." + k
+        for t in [1, 2, 3, 4]:
+            k = k.replace("layer{}".format(t), "res{}".format(t + 1))
+        for t in [1, 2, 3]:
+            k = k.replace("bn{}".format(t), "conv{}.norm".format(t))
+        k = k.replace("downsample.0", "shortcut")
+        k = k.replace("downsample.1", "shortcut.norm")
+        names.add(k)
+    return names
+
+
+def random_backbone(arch: str = "resnet50") -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    net = models.__dict__[arch]()
+    with torch.no_grad():
+        for name, tensor in net.state_dict().items():
+            if "running_var" in name:
+                tensor.uniform_(0.5, 2.0)
+            elif "running_mean" in name or name.endswith("bn3.weight") or name.endswith("bn2.weight"):
+                tensor.normal_()
+            elif "num_batches_tracked" in name:
+                tensor.fill_(1234)
+    return {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+
+
+@pytest.fixture(scope="module")
+def r50(tmp_path_factory):
+    """A torchvision ResNet-50 backbone (non-trivial BN statistics) saved as a state dict."""
+    path = tmp_path_factory.mktemp("r50") / "resnet50.pth"
+    state = random_backbone()
+    torch.save(state, path)
+    return path, state
+
+
+def assert_identical(state: dict, reference: dict) -> None:
+    assert set(state) == set(reference)
+    for key, value in reference.items():
+        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+
+
+def test_torchvision_detectron2_torchvision_round_trip_is_exact(r50, tmp_path):
+    source, state = r50
+    convert_checkpoint(source, tmp_path / "r50.pkl")
+    with open(tmp_path / "r50.pkl", "rb") as f:
+        data = safe_load(f)
+    assert data["__author__"] and data["matching_heuristics"] is True
+    assert set(data["model"]) == moco_rules(state)             # the Detectron2 key set = MoCo's rules
+    assert not any(k.startswith("stem.fc") for k in data["model"])
+    assert all(type(v).__module__ == "numpy" for v in data["model"].values())
+    assert data["model"]["stem.conv1.norm.running_var"].min() >= 0.5  # BN statistics kept
+    convert_checkpoint(tmp_path / "r50.pkl", tmp_path / "back.pth")
+    assert_identical(torch.load(tmp_path / "back.pth", weights_only=True), state)
+
+
+def test_torchvision_safetensors_torchvision_round_trip_is_exact(r50, tmp_path):
+    source, state = r50
+    convert_checkpoint(source, tmp_path / "r50.safetensors")
+    assert_identical(load_file(tmp_path / "r50.safetensors"), state)
+    convert_checkpoint(tmp_path / "r50.safetensors", tmp_path / "back.pth")
+    assert_identical(torch.load(tmp_path / "back.pth", weights_only=True), state)
+
+
+def test_renaming_functions_are_inverse(r50):
+    _, state = r50
+    for key in state:
+        assert detectron2_to_torchvision(torchvision_to_detectron2(key)) == key
+    assert {torchvision_to_detectron2(k) for k in state} == moco_rules(state)
+
+
+def test_timm_target_and_torchvision_loading(r50, tmp_path):
+    source, state = r50
+    report = convert_checkpoint(source, tmp_path / "timm.pth", "timm")
+    assert report.checks[-1].name == "timm pooled features"
+    if report.checks[-1].passed is None:
+        pytest.skip("timm not installed: the numerical check was skipped")
+    assert report.checks[-1].passed
+    import timm
+
+    model = timm.create_model("resnet50", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "timm.pth")))
+    assert torch.equal(model.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
+
+
+def test_torchvision_output_loads_like_main_lincls(r50, tmp_path):
+    source, _ = r50
+    convert_checkpoint(source, tmp_path / "tv.pth")
+    missing = models.resnet50().load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True), strict=False)
+    assert set(missing.missing_keys) == {"fc.weight", "fc.bias"} and not missing.unexpected_keys
+
+
+def test_verification_table_counts(tmp_path):
+    model = SimSiam("resnet18", dim=64, pred_dim=16)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 1, "arch": "resnet18", "state_dict": state}, tmp_path / "ckpt.pth.tar")
+    report = convert_checkpoint(tmp_path / "ckpt.pth.tar", tmp_path / "out.safetensors")
+    backbone = [k for k in state if k.startswith("module.encoder.") and not k.startswith("module.encoder.fc.")]
+    assert len(report.source.found) == report.written == len(backbone)
+    assert len(report.source.dropped) == len(state) - len(backbone)
+    table = report.table()
+    rows = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line) for line in table.splitlines())}
+    assert rows["backbone tensors found"][0] == rows["backbone tensors written"][0] == str(len(backbone))
+    assert rows["backbone tensors missing"][0] == "0"
+    assert "module.encoder.fc.*" in table and "module.predictor.*" in table
+    assert all(check.passed for check in report.checks)
+
+
+def test_cifar_stem_refuses_detectron2_but_converts_to_safetensors(tmp_path):
+    ckpt = tmp_path / "c.pth"
+    net = SimSiam("resnet18", dim=64, pred_dim=16, stem="cifar", width=32).encoder
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, ckpt)
+    with pytest.raises(UserError, match="CIFAR"):
+        convert_checkpoint(ckpt, tmp_path / "c.pkl")
+    assert not (tmp_path / "c.pkl").exists()
+    report = convert_checkpoint(ckpt, tmp_path / "c.safetensors")
+    assert (report.source.stem, report.source.width) == ("cifar", 32)
+    assert read_checkpoint(tmp_path / "c.safetensors").width == 32
+
+
+def test_target_from_suffix():
+    assert target_from_suffix("a/model.pkl") == "detectron2"
+    assert target_from_suffix("model.safetensors") == "safetensors"
+    assert target_from_suffix("model.pth.tar") == "torchvision"
+    assert target_from_suffix("model.weights") is None
+
+
+# ------------------------------------------------------------------ garbage in: one-line errors, no code run
+def vit_checkpoint(path):
+    state = {"cls_token": torch.zeros(1, 1, 8), "pos_embed": torch.zeros(1, 5, 8),
+             "patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
+    torch.save({"state_dict": {f"module.base_encoder.{k}": v for k, v in state.items()}}, path)
+
+
+class Arbitrary:
+    def __init__(self):
+        self.value = 3
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "arbitrary-pickle", "vit", "no-backbone", "text"])
+def test_garbage_in_gives_one_line_errors(r50, tmp_path, case):
+    bad = tmp_path / "bad.pth"
+    if case == "empty":
+        bad.write_bytes(b"")
+    elif case == "truncated":
+        bad.write_bytes(r50[0].read_bytes()[: 5_000_000])
+    elif case == "arbitrary-pickle":
+        bad.write_bytes(pickle.dumps(Arbitrary()))
+    elif case == "vit":
+        vit_checkpoint(bad)
+    elif case == "no-backbone":
+        torch.save({"state_dict": {"module.head.weight": torch.zeros(10, 4)}, "epoch": 3}, bad)
+    else:
+        bad.write_text("not a checkpoint at all\n")
+    with pytest.raises(UserError) as err:
+        convert_checkpoint(bad, tmp_path / "out.pkl")
+    assert "bad.pth" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out.pkl").exists()
+    code = main(["convert", str(bad), str(tmp_path / "out.pkl")])
+    assert code == 2
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("container", ["pickle", "torch"])
+def test_a_file_carrying_code_is_refused_not_executed(tmp_path, container):
+    marker = tmp_path / "pwned"
+    path = tmp_path / ("evil.pkl" if container == "pickle" else "evil.pth")
+    payload = {"model": {"stem.conv1.weight": RunsCode(marker)}, "__author__": "x"}
+    if container == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    with pytest.raises(UserError, match="refused"):
+        read_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_non_tensor_metadata_objects_become_placeholders(tmp_path):
+    """DINO and timm store argparse.Namespace; Lightning stores config objects: read, never run."""
+    state = {f"module.{k}": v for k, v in random_backbone("resnet18").items()}
+    torch.save({"state_dict": state, "args": Arbitrary()}, tmp_path / "m.pth")
+    assert read_checkpoint(tmp_path / "m.pth").arch == "resnet18"
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_convert_prints_the_table(r50, tmp_path, capsys):
+    assert main(["convert", str(r50[0]), str(tmp_path / "o.pkl")]) == 0
+    out = capsys.readouterr().out
+    assert "backbone tensors written" in out and "detectron2" in out and "re-read output" in out
+    assert main(["convert", str(r50[0]), str(tmp_path / "o.bin"), "--to", "safetensors", "--from", "torchvision"]) == 0
+    assert load_file(tmp_path / "o.bin")
+    assert main(["convert", str(r50[0]), str(tmp_path / "o.pth"), "--arch", "resnet18"]) == 2
+    assert "resnet50" in capsys.readouterr().err
+
+
+def test_moco_style_script_converts_a_simsiam_checkpoint(tmp_path):
+    """MoCo's own script writes an empty model for this layout; ours finds every backbone tensor."""
+    model = SimSiam("resnet50")
+    torch.save({"epoch": 100, "arch": "resnet50",
+                "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "s.pth.tar")
+    result = subprocess.run([sys.executable, str(ROOT / "tools/convert-pretrain-to-detectron2.py"),
+                             str(tmp_path / "s.pth.tar"), str(tmp_path / "s.pkl")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "s.pkl", "rb") as f:
+        written = safe_load(f)["model"]
+    backbone = {k: v for k, v in model.encoder.state_dict().items() if not k.startswith("fc.")}
+    assert set(written) == moco_rules(backbone)
+    bad = subprocess.run([sys.executable, str(ROOT / "tools/convert-pretrain-to-detectron2.py"), "only-one"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+# ------------------------------------------------------------------ Detectron2 (skipped without it)
+@pytest.mark.detectron2
+def test_detectron2_r50_c4_loads_every_backbone_tensor_and_matches_torchvision(r50, tmp_path):
+    pytest.importorskip("detectron2", reason="detectron2 not installed (see ../shared/DETECTRON2.md)")
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    source, state = r50
+    convert_checkpoint(source, tmp_path / "r50.pkl")
+    cfg = get_cfg()
+    config_file = ROOT / "configs/detectron2/Base-RCNN-C4-BN-torchvision.yaml"
+    if config_file.exists():  # our transfer config (its head is registered by transfer.roi_heads)
+        import transfer.roi_heads  # noqa: F401
+        cfg.merge_from_file(str(config_file))
+    else:
+        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+        cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+        cfg.MODEL.RESNETS.NORM = "BN"
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = PIXEL_MEAN, PIXEL_STD
+        cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+        cfg.INPUT.FORMAT = "RGB"
+    assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False and cfg.INPUT.FORMAT == "RGB"
+    assert list(cfg.MODEL.PIXEL_MEAN) == PIXEL_MEAN and list(cfg.MODEL.PIXEL_STD) == PIXEL_STD
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 20
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(str(tmp_path / "r50.pkl"))
+
+    # every backbone parameter and BN statistic of the detector came from the file
+    matched = 0
+    for key, value in model.state_dict().items():
+        if key.startswith("roi_heads.res5.") and not key.startswith("roi_heads.res5.norm."):
+            name = detectron2_to_torchvision(key)
+        elif key.startswith("backbone."):
+            name = detectron2_to_torchvision(key[len("backbone."):])
+        else:
+            continue
+        assert torch.equal(value, state[name]), key
+        matched += 1
+    assert matched == len(state)
+
+    # res4 (and res5 through the box head's res5 blocks) equal torchvision's on an RGB image
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0)) * 255
+    net = models.resnet50()
+    net.load_state_dict(state, strict=False)
+    net.eval()
+    mean, std = torch.tensor(PIXEL_MEAN).view(3, 1, 1) / 255, torch.tensor(PIXEL_STD).view(3, 1, 1) / 255
+    x = ((image / 255 - mean) / std)[None]                  # torchvision's ToTensor + Normalize
+    with torch.no_grad():
+        pixels = model.preprocess_image([{"image": image}]).tensor  # Detectron2's PIXEL_MEAN/STD in 0-255 units
+        assert pixels.shape == x.shape and (pixels - x).abs().max().item() <= 1e-5
+        x = pixels  # the same input to both, so the comparison below tests the weights and the architecture
+        res4 = model.backbone(pixels)["res4"]
+        want4 = net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
+        res5 = res4
+        for name, block in model.roi_heads.res5.named_children():
+            if name != "norm":
+                res5 = block(res5)
+        want5 = net.layer4(want4)
+    assert res4.shape == want4.shape
+    assert (res4 - want4).abs().max().item() <= 1e-5
+    assert (res5 - want5).abs().max().item() <= 1e-5
+
+
+@pytest.mark.detectron2
+def test_detectron2_numerical_check_runs_in_the_conversion(r50, tmp_path):
+    pytest.importorskip("detectron2", reason="detectron2 not installed (see ../shared/DETECTRON2.md)")
+    report = convert_checkpoint(r50[0], tmp_path / "r50.pkl")
+    check = report.checks[-1]
+    assert check.name.startswith("detectron2") and check.passed, check.detail
+    assert f"{len(r50[1])} tensors matched" in check.detail
