@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import math
 import re
+import shutil
+import subprocess
 
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from simsiam_eval.cli import main
 from simsiam_eval.report.build import comparison_tables
 from simsiam_eval.report.measurements import load_reference, measurements, reference_files
-from simsiam_eval.report.render import to_csv, to_markdown, write_table
+from simsiam_eval.report.render import to_csv, to_latex, to_markdown, write_table
 from simsiam_eval.report.tables import Table, best_mask, cell_text, detection_metric, table4, table5
 from simsiam_eval.results.records import build_record
 from simsiam_eval.results.store import publish_record
@@ -169,6 +171,19 @@ def test_formats_parse_back(records, tmp_path):
     assert len({line.count("|") for line in rows}) == 1 and len(rows) == 2 + len(table.mean)
     assert md.count("**") == 2 * n_bold
     assert "SimSiam base (paper): Chen & He" in md
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="pdflatex not installed (Debian: apt install texlive-latex-recommended)")
+def test_latex_compiles(records, tmp_path):
+    table = comparison_tables(records, layout="table5", reference="all")["table5"]
+    document = ("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                + to_latex(table) + "\\end{document}\n")
+    (tmp_path / "t.tex").write_text(document)
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 1000
 
 
 def test_table_command(records, tmp_path, capsys):
