@@ -19,14 +19,14 @@ def versions() -> dict[str, str]:
     found = {
         "simsiam_eval": simsiam_eval.__version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": str(numpy.__version__),
     }
     try:
         import faiss
 
-        found["faiss"] = faiss.__version__
+        found["faiss"] = str(faiss.__version__)
     except ImportError:
         pass
     return found
