@@ -1,0 +1,219 @@
+"""``simsiam-eval transfer``: convert a checkpoint, check everything, run N trials, record the results.
+
+Steps: detectron2 importable -> config (recipe, ``KEY VALUE`` overrides, batch/schedule for the
+devices) -> data sets present, classes consistent -> weights converted (``simsiam_eval.checkpoints``)
+and every backbone tensor matched -> trials (``transfer.trials``; each trial a ``python -m
+transfer.trainer`` process, which ``launch`` fans out over the devices) -> one record per trial and
+one for the mean +- sample std.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simsiam_eval.errors import UserError
+from simsiam_eval.results.records import build_record
+from simsiam_eval.results.store import publish_record, resolve_db_path
+from transfer.configs import task_config, task_data_name
+from transfer.preflight import check_classes, check_datasets, require_detectron2
+from transfer.scaling import Schedule, ims_per_device_for_memory, scale_schedule
+from transfer.trials import (
+    Trial,
+    aggregate,
+    aggregate_metrics,
+    format_summary,
+    plan_trials,
+    run_trials,
+)
+from transfer.weights import check_weights
+
+RUN_CONFIG = "run_config.yaml"
+
+
+@dataclass
+class TransferOptions:
+    checkpoint: str
+    task: str
+    trials: int = 5
+    num_gpus: int | None = None          # processes; default: the CUDA devices, or 1 on the CPU
+    output_dir: str | None = None
+    opts: list[str] = field(default_factory=list)  # Detectron2 KEY VALUE overrides
+    checkpoint_format: str = "auto"
+    data_root: str | None = None         # $DETECTRON2_DATASETS
+    seed: int = 0
+    ims_per_device: int | None = None
+    results: str | None = None           # results database (default: OUTPUT_DIR/results.db)
+    tags: list[str] = field(default_factory=list)
+    dist_url: str = "auto"
+    quiet: bool = False                  # trial logs only to OUTPUT_DIR/trial<i>/log.txt
+
+
+def default_output_dir(task: str, ckpt) -> Path:
+    """``runs/transfer/<data>/<checkpoint file stem>-<sha256 prefix>``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(ckpt.path)).name.split(".")[0]).strip("-") or "checkpoint"
+    return Path("runs") / "transfer" / task_data_name(task) / f"{stem}-{(ckpt.sha256 or '')[:8]}".rstrip("-")
+
+
+def device_count(requested: int | None) -> int:
+    import torch
+
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--num-gpus must be at least 1, got {requested}")
+        return requested
+    return max(1, torch.cuda.device_count())
+
+
+def memory_cap(requested: int | None, device: str) -> tuple[int | None, str]:
+    """Images per device that fit: --ims-per-device, an estimate from CUDA memory, or no limit on the CPU."""
+    if requested is not None:
+        return requested, f"--ims-per-device {requested}"
+    if device.startswith("cuda"):
+        import torch
+
+        gigabytes = torch.cuda.get_device_properties(0).total_memory / 1e9
+        cap = ims_per_device_for_memory(gigabytes)
+        return cap, f"estimated from {gigabytes:.0f} GB on cuda:0"
+    return None, "CPU memory assumed sufficient"
+
+
+def detectron2_version() -> str:
+    import detectron2
+
+    return detectron2.__version__
+
+
+def recipe_schedule(cfg) -> Schedule:
+    solver = cfg.SOLVER
+    return Schedule(solver.IMS_PER_BATCH, float(solver.BASE_LR), solver.MAX_ITER, tuple(solver.STEPS),
+                    solver.WARMUP_ITERS, solver.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD)
+
+
+def convert_weights(options: TransferOptions, ckpt, output_dir: Path) -> Path:
+    """The checkpoint's Detectron2 weights file in ``output_dir/weights``, converted and verified once."""
+    from simsiam_eval.checkpoints.convert import convert_checkpoint
+
+    weights = output_dir / "weights" / f"{ckpt.arch}-{(ckpt.sha256 or 'unhashed')[:12]}.pkl"
+    if weights.is_file():
+        print(f"weights: {weights} (converted earlier)")
+    else:
+        report = convert_checkpoint(options.checkpoint, weights, "detectron2", options.checkpoint_format)
+        print(f"weights: {options.checkpoint} ({report.source.source_format}, {report.source.arch}) -> {weights}")
+        print(report.table())
+    return weights
+
+
+def check_model_weights(cfg, weights: Path) -> str:
+    """Build the detector on the CPU and match the weights against it (UserError unless complete)."""
+    from detectron2.modeling import build_model
+
+    from transfer.trainer import check_detector_weights
+
+    cpu = cfg.clone()
+    cpu.MODEL.DEVICE = "cpu"
+    match = check_detector_weights(build_model(cpu), str(weights))
+    check_weights(match, str(weights))
+    return match.summary()
+
+
+def write_run_config(cfg, output_dir: Path) -> Path:
+    """The resolved config all trials start from; a different one already there is an error (its
+    finished trials would be averaged with runs of another recipe)."""
+    path = output_dir / RUN_CONFIG
+    text = cfg.dump()
+    if path.is_file() and path.read_text() != text:
+        raise UserError(f"{output_dir} holds trials of a different config or checkpoint ({path} differs); "
+                        f"use another --output-dir, or delete the folder to start over")
+    if not path.is_file():
+        from simsiam_eval.atomic import atomic_write_text
+
+        atomic_write_text(text, path)
+    return path
+
+
+def trial_command(run_config: Path, trial: Trial, devices: int, dist_url: str) -> list[str]:
+    return [sys.executable, "-m", "transfer.trainer", "--config-file", str(run_config), "--num-gpus", str(devices),
+            "--dist-url", dist_url, "--resume", "OUTPUT_DIR", str(trial.folder), "SEED", str(trial.seed)]
+
+
+def run_transfer(options: TransferOptions) -> dict:
+    """Everything ``simsiam-eval transfer`` does; returns the aggregate record."""
+    if len(options.opts) % 2:
+        raise UserError(f"overrides come in KEY VALUE pairs; got an odd number: {' '.join(options.opts)}")
+    config_file = task_config(options.task)
+    if options.data_root:
+        os.environ["DETECTRON2_DATASETS"] = str(Path(options.data_root).expanduser().resolve())
+    require_detectron2()
+    from transfer.register import class_names, register_datasets
+    from transfer.trainer import build_config
+
+    started = time.time()
+    cfg = build_config(str(config_file), options.opts)
+    devices = device_count(options.num_gpus)
+    cap, cap_reason = memory_cap(options.ims_per_device, cfg.MODEL.DEVICE)
+    schedule, scaling = scale_schedule(recipe_schedule(cfg), devices, cap)
+    cfg.merge_from_list(schedule.opts())
+    print(f"task {options.task}: {config_file}\nschedule: {scaling} [{cap_reason}]")
+
+    check_datasets([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
+    register_datasets(cfg)
+    check_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, {n: class_names(n) for n in cfg.DATASETS.TRAIN},
+                  {n: class_names(n) for n in cfg.DATASETS.TEST})
+
+    from simsiam_eval.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(options.checkpoint, options.checkpoint_format)
+    output_dir = Path(options.output_dir) if options.output_dir else default_output_dir(options.task, ckpt)
+    weights = convert_weights(options, ckpt, output_dir)
+    cfg.MODEL.WEIGHTS = str(weights.resolve())
+    print(f"weights check: {check_model_weights(cfg, weights)}")
+    run_config = write_run_config(cfg, output_dir)
+
+    data = {"name": task_data_name(options.task), "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)}
+    settings = {"task": options.task, "config": str(config_file), "overrides": list(options.opts),
+                "model": "Mask R-CNN R50-C4" if cfg.MODEL.MASK_ON else "Faster R-CNN R50-C4",
+                "devices": devices, "device": cfg.MODEL.DEVICE, "ims_per_batch": schedule.ims_per_batch,
+                "base_lr": schedule.base_lr, "max_iter": schedule.max_iter, "steps": list(schedule.steps),
+                "scaling": scaling, "output_dir": str(output_dir), "detectron2": detectron2_version()}
+    db_path = resolve_db_path(options.results, output_dir)
+    timings: dict[int, tuple[float, float]] = {}
+
+    def train(trial: Trial) -> None:
+        trial.folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        command = trial_command(run_config, trial, devices, options.dist_url)
+        if options.quiet:
+            with open(trial.folder / "stdout.txt", "ab") as out:
+                code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+        else:
+            code = subprocess.call(command)
+        if code != 0:
+            raise UserError(f"trial {trial.index} failed (exit code {code}); see {trial.folder / 'log.txt'}")
+        timings[trial.index] = (t0, time.time() - t0)
+
+    def publish(trial: Trial, metrics: dict) -> None:
+        t0, seconds = timings.get(trial.index, (trial.metrics_file.stat().st_mtime, 0.0))
+        record = build_record("transfer", metrics, ckpt.record(), data, settings, t0, seconds,
+                              seed=trial.seed, trial=trial.index, tags=options.tags)
+        publish_record(record, trial.record_file, db_path)
+
+    trials = plan_trials(output_dir, options.trials, options.seed)
+    per_trial = run_trials(trials, train, publish)
+    summary = aggregate(per_trial)
+    print(f"\n{settings['model']} on {data['name']}, {len(per_trial)} trial(s), mean ± sample std:")
+    print(format_summary(summary))
+    ids = [json.loads(t.record_file.read_text())["id"] for t in trials]
+    record = build_record("transfer-aggregate", aggregate_metrics(summary), ckpt.record(), data,
+                          {**settings, "trials": len(trials), "seeds": [t.seed for t in trials], "trial_records": ids},
+                          started, time.time() - started, tags=options.tags)
+    record["id"] = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:32]
+    publish_record(record, output_dir / "aggregate.json", db_path)
+    print(f"records: {output_dir}/trial*/record.json, {output_dir / 'aggregate.json'}; database {db_path}")
+    return record

@@ -1,0 +1,151 @@
+"""The detection-transfer trainer: Detectron2's DefaultTrainer with our head, data sets and
+evaluators, started by Detectron2's ``launch``. Detectron2's usual command line::
+
+    python -m transfer.trainer --config-file CONFIG.yaml [--num-gpus N] [--resume] [--eval-only] [KEY VALUE ...]
+
+(``tools/train_net.py`` is the same). ``--num-gpus N`` starts N processes: NCCL on GPUs, gloo on CPU.
+After the final evaluation the main process writes ``OUTPUT_DIR/metrics.json``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import (
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    launch,
+)
+from detectron2.engine import defaults as d2_defaults
+from detectron2.utils import comm
+
+import transfer.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+from simsiam_eval.atomic import atomic_write_json
+from simsiam_eval.errors import UserError, one_line
+from transfer.evaluators import build_evaluator
+from transfer.register import register_datasets
+from transfer.trials import METRICS_FILE
+from transfer.weights import check_weights, match_weights
+
+logger = logging.getLogger("detectron2.transfer")
+
+
+@contextmanager
+def ddp_for_cpu_modules() -> Iterator[None]:
+    """Within this block DefaultTrainer's ``create_ddp_model`` builds DDP with ``device_ids=None`` for
+    a module on the CPU (Detectron2 passes ``device_ids=[local rank]``, which DDP rejects for CPU
+    modules, so several gloo processes would fail); GPU modules are wrapped as before."""
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer (its loop, hooks, checkpointing and resume unchanged) with CPU-capable DDP and
+    the evaluator chosen by each test set's metadata."""
+
+    def __init__(self, cfg):
+        with ddp_for_cpu_modules():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def build_config(config_file: str, opts: list[str]):
+    """Detectron2's defaults, then the YAML file (with its ``_BASE_`` chain), then ``KEY VALUE`` pairs;
+    the CPU when the config asks for CUDA on a machine without it."""
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def weight_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a Detectron2 weights file (``.pkl`` of numpy arrays or ``.pth``)."""
+    from simsiam_eval.checkpoints.files import load_file
+
+    obj = load_file(path)
+    model = obj.get("model", obj) if isinstance(obj, dict) else obj
+    return {k: tuple(v.shape) for k, v in model.items() if hasattr(v, "shape")}
+
+
+def check_detector_weights(model, weights: str):
+    """How the tensors of ``weights`` fill ``model`` (``transfer.weights.WeightsMatch``)."""
+    model = getattr(model, "module", model)
+    return match_weights({k: tuple(v.shape) for k, v in model.state_dict().items()}, weight_shapes(weights))
+
+
+def log_weights_loaded(model, weights: str) -> None:
+    """Say which backbone tensors came from ``weights``; a warning when any is missing or unused
+    (``simsiam-eval transfer`` stops before training in that case; here Detectron2's rules apply)."""
+    try:
+        match = check_detector_weights(model, weights)
+        check_weights(match, weights)
+        logger.info(f"weights {weights}: {match.summary()}")
+    except UserError as exc:
+        logger.warning(f"weights {weights}: {one_line(exc)}")
+
+
+def setup(args):
+    cfg = build_config(args.config_file, args.opts)
+    cfg.freeze()
+    register_datasets(cfg)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    resuming = args.resume and trainer.checkpointer.has_checkpoint()
+    trainer.resume_or_load(resume=args.resume)
+    if resuming:
+        logger.info(f"resumed from {trainer.checkpointer.get_checkpoint_file()} at iteration {trainer.start_iter}")
+    elif cfg.MODEL.WEIGHTS:
+        log_weights_loaded(trainer.model, cfg.MODEL.WEIGHTS)
+    trainer.train()
+    results = getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final evaluation
+    if comm.is_main_process() and results:
+        atomic_write_json({"results": results, "iterations": cfg.SOLVER.MAX_ITER, "seed": cfg.SEED},
+                          os.path.join(cfg.OUTPUT_DIR, METRICS_FILE))
+    return results
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Detectron2's train_net command line (``--config-file``, ``--num-gpus``, ``--resume``, ...)."""
+    args = default_argument_parser().parse_args(argv)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except UserError as exc:
+        print(f"train_net: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
