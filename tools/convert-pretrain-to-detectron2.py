@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simsiam_eval.cli import main  # noqa: E402
+from simsiam_eval.cli import main
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1].startswith("-"):

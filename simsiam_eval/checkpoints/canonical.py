@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -101,7 +102,9 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint"
     block = "bottleneck" if "layer1.0.conv3.weight" in state_dict else "basic"
     groups, width_per_group = 1, 64
     if block == "bottleneck":
-        conv2 = state_dict["layer1.0.conv2.weight"]
+        conv2 = state_dict.get("layer1.0.conv2.weight")
+        if conv2 is None or conv2.ndim != 4:
+            raise UserError(f"{where}: bottleneck ResNet without layer1.0.conv2.weight")
         groups = int(conv2.shape[0] // conv2.shape[1])
         width_per_group = int(conv2.shape[0] // groups) * 64 // width
     key = (block, tuple(blocks), groups, width_per_group)

@@ -10,15 +10,10 @@ from typing import Any
 
 import torch
 
-from simsiam_eval.errors import UserError
+from simsiam_eval.errors import UserError, one_line
 from simsiam_eval.safe_pickle import RefusedPickle, safe_load
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a pre-1.6 (non-zip) torch.save file
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_file(path: str | Path) -> Any:
@@ -35,7 +30,7 @@ def load_file(path: str | Path) -> Any:
         head = f.read(16)
     if head[:4] == b"PK\x03\x04":
         return _torch_load(path)
-    if _is_safetensors(path, head, size):
+    if _is_safetensors(head, size):
         return _safetensors_load(path)
     if head[:1] == b"\x80":
         obj = _pickle_load(path)
@@ -43,7 +38,8 @@ def load_file(path: str | Path) -> Any:
     raise UserError(f"{path}: not a checkpoint (neither a torch file, a pickle nor safetensors)")
 
 
-def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """An 8-byte little-endian header length that fits the file, then the JSON header."""
     if len(head) < 9:
         return False
     (header_len,) = struct.unpack("<Q", head[:8])
@@ -53,7 +49,7 @@ def _is_safetensors(path: Path, head: bytes, size: int) -> bool:
 # Modules whose presence in a checkpoint means it was crafted to run code: refused outright.
 _HOSTILE_MODULES = {"os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "importlib", "runpy",
                     "shutil", "socket", "pty", "code", "ctypes", "marshal", "types", "webbrowser", "pickle",
-                    "torch.serialization", "torch._C", "operator", "functools", "eval", "exec"}
+                    "torch.serialization", "torch._C", "operator", "functools"}
 
 
 class Placeholder:
@@ -77,9 +73,9 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
-            raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+            raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
-        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
     return _torch_load_with_placeholders(path)
 
 
@@ -90,7 +86,7 @@ def _torch_load_with_placeholders(path: Path) -> Any:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as exc:
         raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and containers "
-                        f"({_first_line(exc)})") from None
+                        f"({one_line(exc)})") from None
     hostile = sorted(n for n in names if n.rpartition(".")[0] in _HOSTILE_MODULES or n.split(".")[0] in _HOSTILE_MODULES)
     if hostile:
         raise UserError(f"{path}: refused to load: the file carries code ({', '.join(hostile)})")
@@ -99,7 +95,7 @@ def _torch_load_with_placeholders(path: Path) -> Any:
         with torch.serialization.safe_globals(stubs):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
 
 
 def _pickle_load(path: Path) -> Any:
@@ -109,7 +105,7 @@ def _pickle_load(path: Path) -> Any:
     except RefusedPickle as exc:
         raise UserError(f"{path}: refused to load a pickle that carries code: {exc}") from None
     except Exception as exc:  # truncated or damaged pickles raise many types
-        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({_first_line(exc)})") from None
+        raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
 
 
 def _safetensors_load(path: Path) -> Any:
@@ -119,12 +115,4 @@ def _safetensors_load(path: Path) -> Any:
     try:
         return load_safetensors(str(path), device="cpu")
     except (SafetensorError, json.JSONDecodeError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read safetensors file, truncated or damaged ({_first_line(exc)})") from None
-
-
-def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The string metadata of a safetensors file (empty if none)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+        raise UserError(f"{path}: cannot read safetensors file, truncated or damaged ({one_line(exc)})") from None

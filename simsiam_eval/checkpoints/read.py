@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from simsiam_eval.checkpoints.canonical import (BACKBONE_KEY, CanonicalCheckpoint, check_complete, infer_spec,
-                                                random_checkpoint)
+from simsiam_eval.checkpoints.canonical import (
+    BACKBONE_KEY,
+    CanonicalCheckpoint,
+    check_complete,
+    infer_spec,
+    random_checkpoint,
+)
 from simsiam_eval.checkpoints.files import load_file
 from simsiam_eval.checkpoints.readers import FORMAT_NAMES, Format, detect_format, first_keys, get_format
 from simsiam_eval.errors import UserError

@@ -7,8 +7,9 @@ predictor, momentum encoder, queue, fc...). Keys that rename to ``fc.*`` are dro
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -43,8 +43,9 @@ class Verification:
         src = self.source
         rows = [("backbone tensors found", str(len(src.found)), f"{src.arch} ({src.stem} stem) in {src.source_format} layout"),
                 ("backbone tensors written", str(self.written), self.target),
-                ("backbone tensors missing", "0" if not src.filled else str(len(src.filled)),
-                 "filled: " + ", ".join(src.filled) if src.filled else "")]
+                ("backbone tensors missing", "0", "")]
+        if src.filled:
+            rows.append(("BN counters filled in", str(len(src.filled)), "num_batches_tracked absent in the source, set to 0"))
         dropped = ", ".join(f"{group} ({n})" for group, n in src.dropped_groups.items())
         rows.append(("tensors dropped", str(len(src.dropped)), dropped))
         for check in self.checks:

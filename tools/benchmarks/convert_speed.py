@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
+import torch
 
-from pretrain.model import SimSiam  # noqa: E402
-from simsiam_eval.checkpoints.convert import convert_checkpoint  # noqa: E402
+from pretrain.model import SimSiam
+from simsiam_eval.checkpoints.convert import convert_checkpoint
 
 TARGET_SECONDS = 5.0
 OUTPUTS = {"detectron2": "r50.pkl", "torchvision": "r50.pth", "timm": "r50_timm.pth", "safetensors": "r50.safetensors"}
