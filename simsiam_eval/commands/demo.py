@@ -1,0 +1,236 @@
+"""``simsiam-eval demo [--output-dir DIR]``: the whole toolkit end to end on CPU in a few minutes.
+
+Shapes data -> SimSiam pretraining (kNN monitor) -> kNN and cached linear probe of the checkpoint and
+of a random-init baseline, evaluated the same way -> Detectron2 conversion -> a short detection
+fine-tune when Detectron2 is installed -> comparison table and plots. A re-run reuses what is done.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+BASELINE = "random:resnet18:cifar:32"  # the demo backbone's architecture, randomly initialised
+PRETRAIN_PRESET = "pretrain/shapes_cpu"
+LINEAR_TRIALS = 3
+LINEAR_EPOCHS = 30
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="end-to-end demo on CPU: pretrain, evaluate, convert, fine-tune, table, plots",
+        description="Run the toolkit end to end on the synthetic shapes data (generated, no download; "
+                    "about 5-10 minutes on 2 CPU cores): pretrain SimSiam with the kNN monitor, evaluate "
+                    "the checkpoint and a random-init baseline the same way (weighted kNN, cached linear "
+                    f"probe x {LINEAR_TRIALS} seeds), convert the checkpoint to Detectron2, fine-tune a "
+                    "detector for a few iterations if Detectron2 is installed, then print the comparison "
+                    "table and write plots. Re-running reuses finished steps.")
+    parser.add_argument("--output-dir", default="runs/demo", metavar="DIR",
+                        help="where everything goes (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"pretraining epochs (default: the {PRETRAIN_PRESET} preset's)")
+    parser.add_argument("--skip-detection", action="store_true",
+                        help="skip the Detectron2 conversion and fine-tuning steps")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+class Steps:
+    """Prints each step's banner and keeps its wall time for the summary."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.times: list[tuple[str, float]] = []
+
+    def run(self, title: str, action, *args, **kwargs):
+        print(f"\n=== {title} ===", flush=True)
+        began = time.perf_counter()
+        result = action(*args, **kwargs)
+        self.times.append((title, time.perf_counter() - began))
+        return result
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def pretrain_step(out: Path, data: str, epochs: int | None, progress: bool):
+    """Pretrain on the shapes data (resumes or skips when checkpoints are there); return (checkpoint, config)."""
+    from pretrain.checkpointing import list_checkpoints
+    from pretrain.defaults import PRETRAIN_DEFAULTS
+    from pretrain.train import train
+    from simsiam_eval.config import load_config
+
+    overrides = [f"output_dir={out / 'pretrain'}", f"data.train={data}@train", f"knn.train={data}@train",
+                 f"knn.val={data}@val", f"progress={progress}"]
+    if epochs is not None:
+        overrides.append(f"epochs={epochs}")
+    cfg = load_config(PRETRAIN_PRESET, PRETRAIN_DEFAULTS, overrides)
+    train(cfg)
+    return list_checkpoints(out / "pretrain")[-1], cfg
+
+
+def _evaluation_config(defaults: dict, out: Path, data: str, checkpoint: str, image_size: int,
+                       progress: bool, extra: list[str]):
+    from simsiam_eval.config import load_config
+
+    overrides = [f"checkpoint={checkpoint}", f"train={data}@train", f"val={data}@val", f"image_size={image_size}",
+                 f"cache_dir={out / 'cache'}", "workers=2", "device=cpu", f"progress={progress}", *extra]
+    if "tensorboard" in defaults:
+        overrides.append("tensorboard=false")
+    return load_config(None, defaults, overrides)
+
+
+def _publish_once(json_path: Path, db: Path, evaluate, name: str, epochs: int | None,
+                  trial: int | None = None) -> dict:
+    """Evaluate unless ``json_path`` holds the record already; (re-)publish it either way (idempotent)."""
+    from simsiam_eval.results.store import publish_record, read_json_records
+
+    if json_path.is_file():
+        record = read_json_records([json_path])[0]
+    else:
+        record = evaluate()
+        record["checkpoint"].update(name=name, epochs=epochs)
+        record.update(trial=trial, tags=["demo"])
+    publish_record(record, json_path, db)
+    return record
+
+
+def evaluate_step(out: Path, data: str, checkpoint: str, name: str, epochs: int | None, pre_cfg,
+                  progress: bool) -> list[dict]:
+    """Weighted kNN (the monitor's k and T) and the cached linear probe over several seeds."""
+    from simsiam_eval.distributed import cleanup, init_distributed
+    from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
+    from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
+
+    db = out / "results.db"
+    folder = out / "eval" / ("pretrained" if epochs else "random-init")
+    size = pre_cfg.knn.image_size or pre_cfg.data.image_size
+    info = init_distributed("cpu")
+    records = []
+    try:
+        knn_cfg = _evaluation_config(KNN_DEFAULTS, out, data, checkpoint, size, progress,
+                                     [f"k=[{pre_cfg.knn.k}]", f"temperature={pre_cfg.knn.temperature}"])
+        records.append(_publish_once(folder / "knn.json", db, lambda: run_knn(knn_cfg, info), name, epochs))
+        for seed in range(LINEAR_TRIALS):
+            run_dir = folder / f"linear-seed{seed}"
+            lin_cfg = _evaluation_config(LINEAR_DEFAULTS, out, data, checkpoint, size, progress,
+                                         ["mode=cached", "optimizer=sgd", f"epochs={LINEAR_EPOCHS}",
+                                          f"seed={seed}", f"output_dir={run_dir}"])
+            records.append(_publish_once(run_dir / "linear.json", db, lambda: run_linear(lin_cfg, info),
+                                         name, epochs, trial=seed))
+    finally:
+        cleanup()
+    for rec in records:
+        print(f"{name}: {rec['protocol']} top-1 {rec['metrics']['top1']:.1f}%"
+              + (f" (seed {rec['trial']})" if rec.get("trial") is not None else ""))
+    return records
+
+
+def convert_step(out: Path, checkpoint: Path) -> tuple[Path | None, str]:
+    """The checkpoint in Detectron2's format, verified; (None, reason) when it has no Detectron2 form."""
+    from simsiam_eval.checkpoints.convert import convert_checkpoint
+    from simsiam_eval.errors import UserError
+
+    target = out / "detectron2" / "backbone.pkl"
+    try:
+        report = convert_checkpoint(checkpoint, target, "detectron2")
+    except UserError as exc:
+        print(f"not converted: {exc}")
+        return None, str(exc)
+    print(report.table())
+    return target, f"{target} (verified)"
+
+
+def table_step(out: Path):
+    """Table 4 (and Table 5 when detection ran) of this demo's records, printed and written."""
+    from simsiam_eval.report.build import comparison_tables
+    from simsiam_eval.report.render import to_markdown, write_table
+    from simsiam_eval.results.store import read_records
+
+    written = []
+    for layout, table in comparison_tables(read_records(out / "results.db"), reference="none").items():
+        print(f"{table.title}\n\n{to_markdown(table)}")
+        written += write_table(table, out / "tables" / layout)
+    return written
+
+
+def plots_step(out: Path) -> list[Path]:
+    from simsiam_eval.report.plots import plot_run
+
+    return [p for p in plot_run(out) if p.suffix == ".png"]
+
+
+DETECTION_CONFIG = "smoke/faster_rcnn_shapes_voc.yaml"
+
+
+def detection_step(out: Path, checkpoint: Path) -> str:
+    """A few iterations of Faster R-CNN on the shapes VOC split (``simsiam-eval transfer``'s smoke
+    config), recorded like any transfer trial; skipped with the reason when it cannot run here."""
+    from simsiam_eval.errors import UserError
+    from transfer.preflight import require_detectron2
+    from transfer.run import TransferOptions, run_transfer
+
+    try:
+        require_detectron2()
+    except UserError as exc:
+        print(f"skipped: {exc}")
+        return f"skipped: Detectron2 is not installed ({exc})"
+    options = TransferOptions(checkpoint=str(checkpoint), task=DETECTION_CONFIG, trials=1,
+                              output_dir=str(out / "transfer"), data_root=str(out / "data"),
+                              results=str(out / "results.db"), tags=["demo"], quiet=True)
+    try:
+        run_transfer(options)
+    except UserError as exc:
+        print(f"skipped: {exc}")
+        return f"skipped: {exc}"
+    return f"{out / 'transfer'} (1 trial, smoke schedule)"
+
+
+def summary(out: Path, steps: Steps, written: list[Path], plots: list[Path], detection: str) -> str:
+    """The closing screen: where everything is."""
+    tables = ", ".join(str(p) for p in written if p.suffix == ".md")
+    figures = ", ".join(str(p) for p in plots[:3]) + (" ..." if len(plots) > 3 else "")
+    times = ", ".join(f"{title.split(':')[0]} {seconds:.0f}s" for title, seconds in steps.times)
+    return "\n".join([
+        f"{'=' * 20} simsiam-eval demo: done in {steps.total / 60:.1f} min {'=' * 20}",
+        f"data           {out / 'data' / 'shapes'}  (ImageFolder train/val; voc/ and coco/ detection splits)",
+        f"pretraining    {out / 'pretrain'}  (checkpoint_*.pth.tar, metrics.jsonl, tensorboard/)",
+        f"evaluations    {out / 'eval'}/{{pretrained,random-init}}  (knn.json, linear-seed*/linear.json)",
+        f"results store  {out / 'results.db'}  ->  simsiam-eval table {out / 'results.db'}",
+        f"detection      {detection}",
+        f"tables         {tables}  (+ .tex .csv .html)",
+        f"plots          {figures}  (+ .svg)",
+        f"step times     {times}",
+    ])
+
+
+def run(args: argparse.Namespace) -> int:
+    from simsiam_eval.data.specs import prepare_dataset
+
+    out = Path(args.output_dir)
+    data = f"shapes:{out / 'data' / 'shapes'}"
+    steps = Steps()
+    steps.run("1/7 data: synthetic shapes (generated once, no download)", prepare_dataset, f"{data}@train")
+    checkpoint, pre_cfg = steps.run("2/7 pretrain: SimSiam, CIFAR ResNet-18, kNN monitor every epoch",
+                                    pretrain_step, out, data, args.epochs, args.progress)
+    steps.run(f"3/7 evaluate: {checkpoint.name} (kNN + cached linear probe x {LINEAR_TRIALS} seeds)",
+              evaluate_step, out, data, str(checkpoint), "SimSiam (demo)", pre_cfg.epochs, pre_cfg, args.progress)
+    steps.run(f"4/7 evaluate: {BASELINE} baseline, the same way", evaluate_step, out, data, BASELINE,
+              "random init", None, pre_cfg, args.progress)
+    if args.skip_detection:
+        detection = "skipped (--skip-detection)"
+    else:
+        weights, converted = steps.run("5/7 convert: checkpoint -> Detectron2 (verified)", convert_step, out,
+                                       checkpoint)
+        if weights is None:
+            detection = (f"skipped: {converted} (the transfer recipes are R50-C4: run simsiam-eval transfer "
+                         f"--checkpoint YOUR_R50.pth.tar --task {DETECTION_CONFIG} to try one)")
+        else:
+            detection = f"weights {converted}; " + steps.run(
+                "6/7 detection: short Faster R-CNN fine-tune on the shapes detection split",
+                detection_step, out, checkpoint)
+    written = steps.run("7/7 comparison table and plots", table_step, out)
+    plots = plots_step(out)
+    print("\n" + summary(out, steps, written, plots, detection))
+    return 0
