@@ -232,7 +232,7 @@ def test_every_format_has_a_test_layout():
 CASES = [(fmt, name, build) for fmt, (name, build) in BUILDERS.items()] + list(EXTRA.values())
 
 
-@pytest.mark.parametrize("fmt,name,build", CASES, ids=[c[0] for c in BUILDERS.items()] + list(EXTRA))
+@pytest.mark.parametrize("fmt,name,build", CASES, ids=[f"{c}-layout" for c in [*BUILDERS, *EXTRA]])
 def test_reader_recovers_the_backbone_it_was_built_from(tmp_path, fmt, name, build):
     source = tmp_path / name
     reference = build(source)
