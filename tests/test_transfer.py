@@ -392,7 +392,7 @@ def test_interrupted_run_finishes_only_the_missing_trials(tmp_path):
         if trial.index == 2 and trained.count(2) == 1:
             raise KeyboardInterrupt  # killed in the middle of trial 2
         trial.folder.mkdir(parents=True, exist_ok=True)
-        trial.metrics_file.write_text(json.dumps({"results": {"bbox": {"AP": float(trial.seed), "AP50": 50.0}}}))
+        trial.results_file.write_text(json.dumps({"results": {"bbox": {"AP": float(trial.seed), "AP50": 50.0}}}))
 
     def publish(trial: Trial, metrics: dict) -> None:
         published.append(trial.index)

@@ -19,8 +19,10 @@ import pytest
 
 from simsiam_eval.data.shapes import CLASSES, ShapesSettings, write_shapes_dataset
 from transfer.configs import config_dir, config_value, read_config_tree
+from transfer.trials import flatten_results
 
 pytestmark = pytest.mark.detectron2
+REPO = Path(__file__).resolve().parent.parent
 
 SMOKE_VOC = "smoke/faster_rcnn_shapes_voc.yaml"
 SMOKE_COCO = "smoke/mask_rcnn_shapes_coco.yaml"
@@ -237,7 +239,7 @@ def test_faster_rcnn_voc_smoke_killed_and_resumed(data_root, tmp_path, capsys):
         time.sleep(2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert (output / "trial1" / "record.json").is_file() and not (output / "trial2" / "metrics.json").exists()
+    assert (output / "trial1" / "record.json").is_file() and not (output / "trial2" / "final_results.json").exists()
 
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -266,6 +268,15 @@ def test_faster_rcnn_voc_smoke_killed_and_resumed(data_root, tmp_path, capsys):
     assert main(args) == 0  # everything finished: nothing trains, nothing is stored twice
     assert printed.count("skipped") + capsys.readouterr().out.count("skipped") == 3
     assert len(read_records(output / "results.db")) == 3
+
+    # tools/train_net.py, Detectron2's command line for the same trainer: trial 1's model, evaluated again
+    evaluation = tmp_path / "eval"
+    subprocess.run([sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file",
+                    str(output / "trial1" / "config.yaml"), "--eval-only", "MODEL.WEIGHTS",
+                    str(output / "trial1" / "model_final.pth"), "OUTPUT_DIR", str(evaluation)],
+                   check=True, capture_output=True, env=dict(os.environ, DETECTRON2_DATASETS=str(data_root)))
+    again = flatten_results(read_json(evaluation / "final_results.json")["results"])
+    assert again == pytest.approx(records[0]["metrics"])
 
 
 @pytest.mark.slow

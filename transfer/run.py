@@ -199,7 +199,7 @@ def run_transfer(options: TransferOptions) -> dict:
         timings[trial.index] = (t0, time.time() - t0)
 
     def publish(trial: Trial, metrics: dict) -> None:
-        t0, seconds = timings.get(trial.index, (trial.metrics_file.stat().st_mtime, 0.0))
+        t0, seconds = timings.get(trial.index, (trial.results_file.stat().st_mtime, 0.0))
         record = build_record("transfer", metrics, ckpt.record(), data, settings, t0, seconds,
                               seed=trial.seed, trial=trial.index, tags=options.tags)
         publish_record(record, trial.record_file, db_path)

@@ -4,7 +4,8 @@ evaluators, started by Detectron2's ``launch``. Detectron2's usual command line:
     python -m transfer.trainer --config-file CONFIG.yaml [--num-gpus N] [--resume] [--eval-only] [KEY VALUE ...]
 
 (``tools/train_net.py`` is the same). ``--num-gpus N`` starts N processes: NCCL on GPUs, gloo on CPU.
-After the final evaluation the main process writes ``OUTPUT_DIR/metrics.json``.
+After the final evaluation (or ``--eval-only``) the main process writes ``OUTPUT_DIR/final_results.json`` (Detectron2 itself
+writes per-iteration training metrics to metrics.json).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from simsiam_eval.atomic import atomic_write_json
 from simsiam_eval.errors import UserError, one_line
 from transfer.evaluators import build_evaluator
 from transfer.register import register_datasets
-from transfer.trials import METRICS_FILE
+from transfer.trials import RESULTS_FILE
 from transfer.weights import check_weights, match_weights
 
 logger = logging.getLogger("detectron2.transfer")
@@ -114,24 +115,31 @@ def setup(args):
     return cfg
 
 
-def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return Trainer.test(cfg, model)
+def train(cfg, resume: bool):
+    """Fine-tune (resuming from OUTPUT_DIR's last checkpoint if asked and present); the final evaluation."""
     trainer = Trainer(cfg)
-    resuming = args.resume and trainer.checkpointer.has_checkpoint()
-    trainer.resume_or_load(resume=args.resume)
+    resuming = resume and trainer.checkpointer.has_checkpoint()
+    trainer.resume_or_load(resume=resume)
     if resuming:
         logger.info(f"resumed from {trainer.checkpointer.get_checkpoint_file()} at iteration {trainer.start_iter}")
     elif cfg.MODEL.WEIGHTS:
         log_weights_loaded(trainer.model, cfg.MODEL.WEIGHTS)
     trainer.train()
-    results = getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final evaluation
+    return getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final evaluation
+
+
+def evaluate(cfg, resume: bool):
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    return Trainer.test(cfg, model)
+
+
+def main(args):
+    cfg = setup(args)
+    results = evaluate(cfg, args.resume) if args.eval_only else train(cfg, args.resume)
     if comm.is_main_process() and results:
         atomic_write_json({"results": results, "iterations": cfg.SOLVER.MAX_ITER, "seed": cfg.SEED},
-                          os.path.join(cfg.OUTPUT_DIR, METRICS_FILE))
+                          os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE))
     return results
 
 

@@ -5,11 +5,11 @@ Layout of a run folder::
     run_config.yaml        the resolved Detectron2 config every trial starts from
     weights/               the converted checkpoint
     trial1/ ... trialN/    one Detectron2 OUTPUT_DIR per trial (log.txt, config.yaml, checkpoints)
-      metrics.json         written by the trainer after the final evaluation: the trial is finished
+      final_results.json   written by the trainer after the final evaluation: the trial is finished
       record.json          the trial's result record
     aggregate.json         the record of the mean over the finished trials
 
-A finished trial (``metrics.json`` present) is never run again; an unfinished one is started again
+A finished trial (``final_results.json`` present) is never run again; an unfinished one is started again
 and Detectron2's checkpointer resumes it from its last checkpoint.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Callable
 
 from simsiam_eval.errors import UserError
 
-METRICS_FILE = "metrics.json"
+RESULTS_FILE = "final_results.json"
 RECORD_FILE = "record.json"
 # Detectron2 result sections -> record metric prefixes (records.py: AP, AP50, ... and mask_AP, ...).
 _SECTIONS = {"bbox": "", "segm": "mask_"}
@@ -38,15 +38,15 @@ class Trial:
     folder: Path
 
     @property
-    def metrics_file(self) -> Path:
-        return self.folder / METRICS_FILE
+    def results_file(self) -> Path:
+        return self.folder / RESULTS_FILE
 
     @property
     def record_file(self) -> Path:
         return self.folder / RECORD_FILE
 
     def finished(self) -> bool:
-        return self.metrics_file.is_file()
+        return self.results_file.is_file()
 
 
 def plan_trials(output_dir: Path, count: int, base_seed: int = 0) -> list[Trial]:
@@ -70,9 +70,9 @@ def flatten_results(results: Mapping[str, Mapping[str, float]]) -> dict[str, flo
 
 def read_trial_metrics(trial: Trial) -> dict[str, float]:
     try:
-        stored = json.loads(trial.metrics_file.read_text())
+        stored = json.loads(trial.results_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{trial.metrics_file}: unreadable trial result ({exc}); delete it to run the trial again") from None
+        raise UserError(f"{trial.results_file}: unreadable trial result ({exc}); delete it to run the trial again") from None
     return flatten_results(stored.get("results") or {})
 
 
@@ -118,7 +118,7 @@ def run_trials(trials: Iterable[Trial], train: Callable[[Trial], None],
             log(f"trial {trial.index} (seed {trial.seed}): training in {trial.folder}")
             train(trial)
             if not trial.finished():
-                raise UserError(f"trial {trial.index} ended without {trial.metrics_file}; see {trial.folder / 'log.txt'}")
+                raise UserError(f"trial {trial.index} ended without {trial.results_file}; see {trial.folder / 'log.txt'}")
         metrics = read_trial_metrics(trial)
         if not trial.record_file.is_file():
             publish(trial, metrics)
