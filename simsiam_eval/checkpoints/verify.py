@@ -35,10 +35,6 @@ class Verification:
     written: int
     checks: list[Check] = field(default_factory=list)
 
-    @property
-    def passed(self) -> bool:
-        return all(c.passed is not False for c in self.checks)
-
     def table(self) -> str:
         src = self.source
         rows = [("backbone tensors found", str(len(src.found)), f"{src.arch} ({src.stem} stem) in {src.source_format} layout"),
