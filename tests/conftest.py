@@ -22,5 +22,5 @@ def pytest_collection_modifyitems(config, items):
     if importlib.util.find_spec("detectron2") is None:
         skip = pytest.mark.skip(reason="detectron2 is not installed (see ../shared/DETECTRON2.md or the README)")
         for item in items:
-            if "detectron2" in item.keywords:
+            if item.get_closest_marker("detectron2") is not None:
                 item.add_marker(skip)
