@@ -41,7 +41,7 @@ class KnnResult:
     """Per-k metrics (percent), the top classes per query and k, and how the search ran."""
 
     metrics: dict[int, dict[str, float]]
-    rankings: dict[int, torch.Tensor]  # (Q, min(5, k, classes)) best classes first
+    rankings: dict[int, torch.Tensor]  # (Q, min(5, k, classes)): the top-1 class, then the rest of the top-5
     backend: str
     num_classes: int
     reranked: int  # queries re-ranked exactly because float32 error could have changed their vote
@@ -236,38 +236,58 @@ def knn_vote(sims: torch.Tensor, labels: torch.Tensor, num_classes: int, tempera
     return scores.scatter_add_(1, labels.long(), weights)
 
 
-def top_classes(scores: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The r best classes (equal scores: lower class index first) and the r+1 best scores."""
+def top_classes(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classes by descending score (equal scores: lower class index first) and their scores."""
     ordered = scores.sort(dim=1, descending=True, stable=True)
-    return ordered.indices[:, :r], ordered.values[:, :r + 1]
+    return ordered.indices, ordered.values
 
 
-def uncertain_votes(best_scores: torch.Tensor, sims: torch.Tensor, k: int, tol: float, temperature: float,
-                    weighting: str) -> torch.Tensor:
-    """Queries whose top-1 class or top-r class set could change if every similarity moved by ``tol``.
+def score_slack(scores: torch.Tensor, sims: torch.Tensor, labels: torch.Tensor, k: int, n: int, tol: float,
+                temperature: float, weighting: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far each class score (Q, C) could move if every similarity moved by up to ``tol``.
 
-    ``best_scores`` (Q, r+1) are the sorted top class scores, ``sims`` (Q, >= k) the float32
-    similarities of the candidates, best first; a (k+1)-th column, when present, is the best row
-    outside the k nearest. A class score can move by its own relative weight error plus, for each
-    neighbour close enough to the boundary to swap with an outsider, that outsider's weight.
+    ``sims``/``labels`` (Q, m) are the candidates, best first, of which the first k voted. Near the k
+    boundary a neighbour may swap with an outsider: both classes involved may gain or lose that
+    weight. Returns the slack (Q, C) and the queries whose swap band runs past the m candidates
+    (nothing can be said about those).
     """
-    sims = sims.double()
-    if sims.shape[1] > k:
-        outsider = sims[:, k]
-        swappable = (sims[:, :k] <= (outsider + 2 * tol).unsqueeze(1)).sum(dim=1)
-    else:
-        outsider, swappable = sims.new_full((len(sims),), -math.inf), torch.zeros(len(sims), dtype=torch.long)
-    if weighting == "exp":
-        relative = math.expm1(2 * tol / temperature)
-        swap_weight = ((outsider + 3 * tol) / temperature).exp()
-    else:
-        relative, swap_weight = 0.0, torch.ones_like(outsider)
-    slack = best_scores * relative + (swappable * swap_weight).unsqueeze(1)
-    # only the gaps the metrics depend on: best vs second (top-1), last kept vs first left out (top-r)
-    pairs = torch.tensor(sorted({0, best_scores.shape[1] - 2})) if best_scores.shape[1] > 1 else torch.tensor([], dtype=torch.long)
-    margin = slack[:, pairs] + slack[:, pairs + 1]
-    gaps = best_scores[:, pairs] - best_scores[:, pairs + 1]
-    return ((gaps <= margin) & (margin > 0)).any(dim=1)
+    relative = math.expm1(2 * tol / temperature) if weighting == "exp" else 0.0
+    slack = scores * relative
+    beyond = torch.zeros(len(sims), dtype=torch.bool)
+    if k < n:
+        sims = sims.double()
+        worst_in, best_out = sims[:, k - 1:k], sims[:, k:k + 1]
+        leave = sims[:, :k] <= best_out + 2 * tol
+        enter = sims[:, k:] >= worst_in - 2 * tol
+        swaps = torch.zeros_like(scores).scatter_add_(1, labels[:, :k], leave.double())
+        swaps.scatter_add_(1, labels[:, k:], enter.double())
+        weight = ((worst_in + 3 * tol) / temperature).exp() if weighting == "exp" else torch.ones_like(worst_in)
+        slack += swaps * weight
+        beyond = enter[:, -1] & (sims.shape[1] < n)
+    return slack, beyond
+
+
+def uncertain_votes(order: torch.Tensor, ordered_scores: torch.Tensor, slack: torch.Tensor, r: int) -> torch.Tensor:
+    """Queries whose top-1 class or top-r class set could change if each score moved within its slack.
+
+    ``order``/``ordered_scores`` (Q, C) are the classes by descending score. Kept classes must stay
+    above every class left out: min(score - slack) over the kept > max(score + slack) over the rest.
+    Exactly equal scores without any slack are certain: every backend breaks them by class index.
+    """
+    if order.shape[1] < 2:
+        return torch.zeros(len(order), dtype=torch.bool)
+    ordered_slack = slack.gather(1, order)
+    low, high = ordered_scores - ordered_slack, ordered_scores + ordered_slack
+    moves = ordered_slack > 0
+    uncertain = torch.zeros(len(order), dtype=torch.bool)
+    for kept in sorted({1, r}):
+        if kept >= order.shape[1]:
+            continue
+        floor, ceiling = low[:, :kept].amin(dim=1, keepdim=True), high[:, kept:].amax(dim=1, keepdim=True)
+        touching = (((low[:, :kept] == floor) & moves[:, :kept]).any(dim=1)
+                    | ((high[:, kept:] == ceiling) & moves[:, kept:]).any(dim=1))
+        uncertain |= (floor < ceiling).squeeze(1) | ((floor == ceiling).squeeze(1) & touching)
+    return uncertain
 
 
 def topk_accuracy(ranking: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[float, float]:
@@ -322,15 +342,19 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, val_f
         block = slice(start, start + rows)
         for k in ks:
             kk = min(k, n)
+            r = rankings[k].shape[1]
             scores = knn_vote(sims[block, :kk], neighbour_labels[block, :kk], num_classes, temperature, weighting)
-            rankings[k][block], best = top_classes(scores, rankings[k].shape[1])
-            uncertain[block] |= uncertain_votes(best, sims[block], kk, tol, temperature, weighting)
+            order, ordered_scores = top_classes(scores)
+            rankings[k][block] = order[:, :r]
+            slack, beyond = score_slack(scores, sims[block], neighbour_labels[block], kk, n, tol, temperature,
+                                        weighting)
+            uncertain[block] |= beyond | uncertain_votes(order, ordered_scores, slack, r)
     if uncertain.any():  # exact re-ranking of the queries a float32 error could flip
         exact_sims, exact_idx = nearest_neighbors(bank, queries[uncertain], kmax, search, candidates=idx[uncertain])
         for k in ks:
             kk = min(k, n)
             scores = knn_vote(exact_sims[:, :kk], train_labels[exact_idx[:, :kk]], num_classes, temperature, weighting)
-            rankings[k][uncertain] = top_classes(scores, rankings[k].shape[1])[0]
+            rankings[k][uncertain] = top_classes(scores)[0][:, :rankings[k].shape[1]]
     metrics = {}
     for k in ks:
         top1, top5 = topk_accuracy(rankings[k], val_labels, min(k, n))

@@ -27,7 +27,7 @@ def synthetic(bank: int, queries: int, dim: int, classes: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(classes, dim, generator=g)
     labels = torch.randint(classes, (bank + queries,), generator=g)
-    feats = centres[labels] + 3.0 * torch.randn(bank + queries, dim, generator=g)
+    feats = centres[labels] + 6.0 * torch.randn(bank + queries, dim, generator=g)
     return feats[:bank], labels[:bank], feats[bank:], labels[bank:]
 
 
