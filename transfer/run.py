@@ -22,6 +22,7 @@ from simsiam_eval.errors import UserError
 from simsiam_eval.results.records import build_record
 from simsiam_eval.results.store import publish_record, resolve_db_path
 from transfer.configs import task_config, task_data_name
+from transfer.datasets import dataset_root
 from transfer.preflight import check_classes, check_datasets, require_detectron2
 from transfer.scaling import Schedule, ims_per_device_for_memory, scale_schedule
 from transfer.trials import (
@@ -145,6 +146,8 @@ def trial_command(run_config: Path, trial: Trial, devices: int, dist_url: str) -
 
 def run_transfer(options: TransferOptions) -> dict:
     """Everything ``simsiam-eval transfer`` does; returns the aggregate record."""
+    if any(key.startswith("-") for key in options.opts[::2]):
+        raise UserError(f"options go before the KEY VALUE overrides: {' '.join(options.opts)}")
     if len(options.opts) % 2:
         raise UserError(f"overrides come in KEY VALUE pairs; got an odd number: {' '.join(options.opts)}")
     config_file = task_config(options.task)
@@ -155,7 +158,11 @@ def run_transfer(options: TransferOptions) -> dict:
     from transfer.trainer import build_config
 
     started = time.time()
-    cfg = build_config(str(config_file), options.opts)
+    try:
+        cfg = build_config(str(config_file), options.opts)
+    except (KeyError, ValueError, AssertionError) as exc:  # yacs: unknown key, wrong type
+        raise UserError(f"config {config_file} with overrides {' '.join(options.opts) or '(none)'}: "
+                        f"{str(exc).strip(chr(39))}") from None
     devices = device_count(options.num_gpus)
     cap, cap_reason = memory_cap(options.ims_per_device, cfg.MODEL.DEVICE)
     schedule, scaling = scale_schedule(recipe_schedule(cfg), devices, cap)
@@ -170,6 +177,10 @@ def run_transfer(options: TransferOptions) -> dict:
     from simsiam_eval.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(options.checkpoint, options.checkpoint_format)
+    depth = cfg.MODEL.RESNETS.DEPTH
+    if ckpt.arch != f"resnet{depth}" and ckpt.arch.removeprefix("resnet").isdigit():
+        raise UserError(f"{options.checkpoint}: holds a {ckpt.arch}, but the config builds a ResNet-{depth} "
+                        f"(MODEL.RESNETS.DEPTH); the recipes are R50-C4")
     output_dir = Path(options.output_dir) if options.output_dir else default_output_dir(options.task, ckpt)
     weights = convert_weights(options, ckpt, output_dir)
     cfg.MODEL.WEIGHTS = str(weights.resolve())
@@ -181,7 +192,8 @@ def run_transfer(options: TransferOptions) -> dict:
                 "model": "Mask R-CNN R50-C4" if cfg.MODEL.MASK_ON else "Faster R-CNN R50-C4",
                 "devices": devices, "device": cfg.MODEL.DEVICE, "ims_per_batch": schedule.ims_per_batch,
                 "base_lr": schedule.base_lr, "max_iter": schedule.max_iter, "steps": list(schedule.steps),
-                "scaling": scaling, "output_dir": str(output_dir), "detectron2": detectron2_version()}
+                "scaling": scaling, "output_dir": str(output_dir), "detectron2": detectron2_version(),
+                "data_root": str(dataset_root())}
     db_path = resolve_db_path(options.results, output_dir)
     timings: dict[int, tuple[float, float]] = {}
 

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                         help="ResNet checkpoint in any supported format, or random:resnet50")
     parser.add_argument("--format", default="auto", help="checkpoint format (default: detected from the keys)")
     parser.add_argument("--task", required=True, help=f"{', '.join(TASKS)}, or a Detectron2 YAML config")
-    parser.add_argument("--trials", type=int, default=5, help="fine-tuning runs, seeds SEED..SEED+N-1 (default 5)")
+    parser.add_argument("--trials", type=int, default=5, metavar="N", help="fine-tuning runs, seeds SEED..SEED+N-1 (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first trial (default 0)")
     parser.add_argument("--num-gpus", type=int, default=None, metavar="N",
                         help="processes per trial: GPUs (NCCL), or gloo processes on a CPU-only machine "
@@ -43,12 +43,13 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", metavar="DIR",
                         help="run folder (default runs/transfer/<data>/<checkpoint>-<sha256 prefix>)")
     parser.add_argument("--results", metavar="DB", help="results database (default: results.db in the run folder)")
-    parser.add_argument("--tag", dest="tags", action="append", default=[], help="tag the records (repeatable)")
+    parser.add_argument("--tag", dest="tags", action="append", default=[], metavar="TAG", help="tag the records (repeatable)")
     parser.add_argument("--dist-url", default="auto", help="torch.distributed init URL for N > 1 (default: a free port)")
     parser.add_argument("--quiet", action="store_true",
                         help="send the trials' Detectron2 output to trial<i>/stdout.txt instead of the terminal")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="Detectron2 config overrides, e.g. SOLVER.MAX_ITER 1000 MODEL.ROI_HEADS.NUM_CLASSES 6")
+                        help="Detectron2 config overrides, after every option, e.g. SOLVER.MAX_ITER 1000 "
+                             "MODEL.ROI_HEADS.NUM_CLASSES 6")
     parser.set_defaults(func=run)
 
 
