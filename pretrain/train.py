@@ -19,6 +19,7 @@ from pretrain.collapse import collapse_std, healthy_std, is_collapsed
 from pretrain.loss import simsiam_loss
 from pretrain.model import SimSiam, build_model
 from pretrain.schedule import build_optimizer, scaled_lr, set_epoch_lr
+from pretrain.sync_bn import convert_sync_batchnorm
 from simsiam_eval.config import Config, dump_config, save_config
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
@@ -177,7 +178,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
         return None
     if info.distributed:
         if cfg.model.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, info.device)
         model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if cfg.channels_last and info.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
