@@ -26,8 +26,10 @@ def make_run(tmp_path):
                   "collapse_reference": 1 / math.sqrt(512), "knn_top1": 30.0 + e} for e in range(1, 6)]
                 + [{"epoch": 5, "lr": 0.05, "loss": -0.75, "collapse_std": 0.035,  # a resumed epoch
                     "collapse_reference": 1 / math.sqrt(512), "knn_top1": 36.0}], torn_tail=True)
-    write_jsonl(run / "linear" / "metrics.jsonl",
-                [{"epoch": e, "loss": 1.0 / e, "lr": 0.1, "top1": 50.0 + e, "top5": 90.0} for e in range(1, 4)])
+    for seed in range(2):  # several linear-probe runs share one figure
+        write_jsonl(run / "linear" / f"seed{seed}" / "metrics.jsonl",
+                    [{"epoch": e, "loss": 1.0 / e, "lr": 0.1, "top1": 50.0 + e + seed, "top5": 90.0}
+                     for e in range(1, 4)])
     for trial in range(3):
         for protocol, value in (("knn", 60.0 + trial), ("linear", 70.0 - trial)):
             publish_record(build_record(protocol, {"top1": value}, {"path": "run/pretrain/checkpoint_0005.pth.tar"},

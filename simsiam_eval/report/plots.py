@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import matplotlib
 
@@ -96,18 +96,23 @@ def plot_pretrain_curves(rows: list[dict], stem: str | Path, title: str = "SimSi
     return _save(fig, stem)
 
 
-def plot_linear_curves(rows: list[dict], stem: str | Path, title: str = "Linear probe") -> list[Path]:
-    """Training loss and validation top-1 / top-5 against epochs."""
-    frame = _epoch_frame(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.2))
-    if "loss" in frame:
-        _line(axes[0], frame["loss"])
+def plot_linear_curves(runs: Mapping[str, list[dict]], stem: str | Path, title: str = "Linear probe") -> list[Path]:
+    """Training loss and validation accuracy against epochs, one line per run (``label -> rows``);
+    top-5 is drawn too when there is a single run."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.5 if len(runs) > 1 else 7.5, 3.2))
+    for label, rows in runs.items():
+        frame = _epoch_frame(rows)
+        name = label if len(runs) > 1 else None
+        if "loss" in frame:
+            _line(axes[0], frame["loss"], name)
+        if "top1" in frame:
+            _line(axes[1], frame["top1"], name if name else "top-1")
+        if len(runs) == 1 and "top5" in frame:
+            _line(axes[1], frame["top5"], "top-5")
     axes[0].set(title="training loss", xlabel="epoch")
-    for key, label in (("top1", "top-1"), ("top5", "top-5")):
-        if key in frame:
-            _line(axes[1], frame[key], label)
-    axes[1].set(title="validation accuracy (%)", xlabel="epoch")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].set(title="validation top-1 (%)" if len(runs) > 1 else "validation accuracy (%)", xlabel="epoch")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0)) if len(runs) > 1 else axes[1].legend(
+        fontsize=8, loc="lower right")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
@@ -150,8 +155,9 @@ def plot_table_bars(table: Table, stem: str | Path, title: str | None = None) ->
 
 def plot_run(run_dir: str | Path, output_dir: str | Path | None = None,
              results: str | Path | None = None) -> list[Path]:
-    """Every figure a run folder supports: curves for each ``metrics.jsonl`` under it, and bar charts
-    of the tables built from its results database (``results`` or ``RUN_DIR/results.db``)."""
+    """Every figure a run folder supports: curves for each pretraining ``metrics.jsonl`` under it, one
+    figure of all linear-probe runs under it, and bar charts of the tables built from its results
+    database (``results`` or ``RUN_DIR/results.db``)."""
     from simsiam_eval.errors import UserError
     from simsiam_eval.report.build import comparison_tables
     from simsiam_eval.results.store import DEFAULT_DB_NAME, read_records
@@ -161,14 +167,17 @@ def plot_run(run_dir: str | Path, output_dir: str | Path | None = None,
         raise UserError(f"run folder not found: {run_dir}")
     output_dir = Path(output_dir) if output_dir else run_dir / "plots"
     written: list[Path] = []
+    linear: dict[str, list[dict]] = {}
     for log in sorted(run_dir.rglob("metrics.jsonl")):
         rows = read_jsonl(log)
-        relative = log.parent.relative_to(run_dir)
-        name = "-".join(relative.parts) or run_dir.resolve().name
+        name = "-".join(log.parent.relative_to(run_dir).parts) or run_dir.resolve().name
         if is_pretrain_log(rows):
             written += plot_pretrain_curves(rows, output_dir / f"{name}-curves", f"SimSiam pretraining ({name})")
         elif is_linear_log(rows):
-            written += plot_linear_curves(rows, output_dir / f"{name}-curves", f"Linear probe ({name})")
+            linear[name] = rows
+    if linear:
+        written += plot_linear_curves(linear, output_dir / "linear-curves",
+                                      "Linear probe" + (f" ({next(iter(linear))})" if len(linear) == 1 else ""))
     db = Path(results) if results else run_dir / DEFAULT_DB_NAME
     if db.is_file():
         for layout, table in comparison_tables(read_records(db), reference="none").items():
