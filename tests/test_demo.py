@@ -1,0 +1,44 @@
+"""The demo's bookkeeping (the full run takes minutes; `simsiam-eval demo` prints its numbers)."""
+from __future__ import annotations
+
+import pytest
+
+from simsiam_eval.cli import main
+from simsiam_eval.commands.demo import Steps, _publish_once, summary
+from simsiam_eval.results.records import build_record
+from simsiam_eval.results.store import read_records
+
+
+def test_evaluations_are_recorded_once(tmp_path):
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        return build_record("knn", {"top1": 42.0}, {"path": "x.pth.tar", "sha256": "0" * 64}, {"val": "shapes:d@val"},
+                            {}, 0.0, 1.0)
+
+    db, json_path = tmp_path / "results.db", tmp_path / "eval" / "knn.json"
+    first = _publish_once(json_path, db, evaluate, "SimSiam (demo)", 5, trial=2)
+    again = _publish_once(json_path, db, evaluate, "SimSiam (demo)", 5, trial=2)
+    assert len(calls) == 1 and first == again
+    stored = read_records(db)
+    assert len(stored) == 1
+    assert stored[0]["checkpoint"]["name"] == "SimSiam (demo)" and stored[0]["checkpoint"]["epochs"] == 5
+    assert stored[0]["trial"] == 2 and stored[0]["tags"] == ["demo"] and stored[0]["data"]["name"] == "shapes"
+
+
+def test_summary_says_where_everything_is(tmp_path):
+    steps = Steps()
+    steps.run("1/7 data: generate", lambda: None)
+    text = summary(tmp_path, steps, [tmp_path / "tables" / "table4.md"], [tmp_path / "plots" / "a.png"],
+                   "skipped: no detectron2")
+    for part in ("results.db", "table4.md", "a.png", "pretrain", "skipped: no detectron2", "1/7 data"):
+        assert part in text
+    assert len(text.splitlines()) <= 12
+
+
+def test_demo_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
+    assert "--output-dir" in capsys.readouterr().out
