@@ -144,20 +144,17 @@ def trial_command(run_config: Path, trial: Trial, devices: int, dist_url: str) -
             "--dist-url", dist_url, "--resume", "OUTPUT_DIR", str(trial.folder), "SEED", str(trial.seed)]
 
 
-def run_transfer(options: TransferOptions) -> dict:
-    """Everything ``simsiam-eval transfer`` does; returns the aggregate record."""
-    if any(key.startswith("-") for key in options.opts[::2]):
-        raise UserError(f"options go before the KEY VALUE overrides: {' '.join(options.opts)}")
-    if len(options.opts) % 2:
-        raise UserError(f"overrides come in KEY VALUE pairs; got an odd number: {' '.join(options.opts)}")
-    config_file = task_config(options.task)
-    if options.data_root:
-        os.environ["DETECTRON2_DATASETS"] = str(Path(options.data_root).expanduser().resolve())
-    require_detectron2()
-    from transfer.register import class_names, register_datasets
+def check_overrides(opts: list[str]) -> None:
+    if any(key.startswith("-") for key in opts[::2]):
+        raise UserError(f"options go before the KEY VALUE overrides: {' '.join(opts)}")
+    if len(opts) % 2:
+        raise UserError(f"overrides come in KEY VALUE pairs; got an odd number: {' '.join(opts)}")
+
+
+def resolve_config(options: TransferOptions, config_file: Path):
+    """The recipe with the overrides, its batch and schedule scaled for the devices; the scaling note."""
     from transfer.trainer import build_config
 
-    started = time.time()
     try:
         cfg = build_config(str(config_file), options.opts)
     except (KeyError, ValueError, AssertionError) as exc:  # yacs: unknown key, wrong type
@@ -167,13 +164,22 @@ def run_transfer(options: TransferOptions) -> dict:
     cap, cap_reason = memory_cap(options.ims_per_device, cfg.MODEL.DEVICE)
     schedule, scaling = scale_schedule(recipe_schedule(cfg), devices, cap)
     cfg.merge_from_list(schedule.opts())
-    print(f"task {options.task}: {config_file}\nschedule: {scaling} [{cap_reason}]")
+    return cfg, devices, f"{scaling} [{cap_reason}]"
+
+
+def check_data(cfg) -> None:
+    """Data sets present, registered, and with the classes the config expects."""
+    from transfer.register import class_names, register_datasets
 
     check_datasets([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     register_datasets(cfg)
     check_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, {n: class_names(n) for n in cfg.DATASETS.TRAIN},
                   {n: class_names(n) for n in cfg.DATASETS.TEST})
 
+
+def prepare_weights(options: TransferOptions, cfg):
+    """The checkpoint read and converted into the run folder, matched against the detector; sets
+    MODEL.WEIGHTS. Returns (checkpoint, run folder)."""
     from simsiam_eval.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(options.checkpoint, options.checkpoint_format)
@@ -185,30 +191,58 @@ def run_transfer(options: TransferOptions) -> dict:
     weights = convert_weights(options, ckpt, output_dir)
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     print(f"weights check: {check_model_weights(cfg, weights)}")
+    return ckpt, output_dir
+
+
+def run_settings(options: TransferOptions, config_file: Path, cfg, devices: int, scaling: str,
+                 output_dir: Path) -> dict:
+    """The ``settings`` of the records: what was run, on what, with which batch and schedule."""
+    solver = cfg.SOLVER
+    return {"task": options.task, "config": str(config_file), "overrides": list(options.opts),
+            "model": "Mask R-CNN R50-C4" if cfg.MODEL.MASK_ON else "Faster R-CNN R50-C4",
+            "devices": devices, "device": cfg.MODEL.DEVICE, "ims_per_batch": solver.IMS_PER_BATCH,
+            "base_lr": solver.BASE_LR, "max_iter": solver.MAX_ITER, "steps": list(solver.STEPS),
+            "scaling": scaling, "output_dir": str(output_dir), "detectron2": detectron2_version(),
+            "data_root": str(dataset_root())}
+
+
+def train_in_subprocess(trial: Trial, run_config: Path, devices: int, options: TransferOptions) -> float:
+    """One trial as a ``python -m transfer.trainer`` process (resuming from the trial's folder); seconds."""
+    trial.folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    command = trial_command(run_config, trial, devices, options.dist_url)
+    if options.quiet:
+        with open(trial.folder / "stdout.txt", "ab") as out:
+            code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        code = subprocess.call(command)
+    if code != 0:
+        raise UserError(f"trial {trial.index} failed (exit code {code}); see {trial.folder / 'log.txt'}")
+    return time.time() - t0
+
+
+def run_transfer(options: TransferOptions) -> dict:
+    """Everything ``simsiam-eval transfer`` does; returns the aggregate record."""
+    check_overrides(options.opts)
+    config_file = task_config(options.task)
+    if options.data_root:
+        os.environ["DETECTRON2_DATASETS"] = str(Path(options.data_root).expanduser().resolve())
+    require_detectron2()
+    started = time.time()
+    cfg, devices, scaling = resolve_config(options, config_file)
+    print(f"task {options.task}: {config_file}\nschedule: {scaling}")
+    check_data(cfg)
+    ckpt, output_dir = prepare_weights(options, cfg)
     run_config = write_run_config(cfg, output_dir)
 
     data = {"name": task_data_name(options.task), "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)}
-    settings = {"task": options.task, "config": str(config_file), "overrides": list(options.opts),
-                "model": "Mask R-CNN R50-C4" if cfg.MODEL.MASK_ON else "Faster R-CNN R50-C4",
-                "devices": devices, "device": cfg.MODEL.DEVICE, "ims_per_batch": schedule.ims_per_batch,
-                "base_lr": schedule.base_lr, "max_iter": schedule.max_iter, "steps": list(schedule.steps),
-                "scaling": scaling, "output_dir": str(output_dir), "detectron2": detectron2_version(),
-                "data_root": str(dataset_root())}
+    settings = run_settings(options, config_file, cfg, devices, scaling, output_dir)
     db_path = resolve_db_path(options.results, output_dir)
     timings: dict[int, tuple[float, float]] = {}
 
     def train(trial: Trial) -> None:
-        trial.folder.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        command = trial_command(run_config, trial, devices, options.dist_url)
-        if options.quiet:
-            with open(trial.folder / "stdout.txt", "ab") as out:
-                code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
-        else:
-            code = subprocess.call(command)
-        if code != 0:
-            raise UserError(f"trial {trial.index} failed (exit code {code}); see {trial.folder / 'log.txt'}")
-        timings[trial.index] = (t0, time.time() - t0)
+        timings[trial.index] = (t0, train_in_subprocess(trial, run_config, devices, options))
 
     def publish(trial: Trial, metrics: dict) -> None:
         t0, seconds = timings.get(trial.index, (trial.results_file.stat().st_mtime, 0.0))
@@ -217,15 +251,14 @@ def run_transfer(options: TransferOptions) -> dict:
         publish_record(record, trial.record_file, db_path)
 
     trials = plan_trials(output_dir, options.trials, options.seed)
-    per_trial = run_trials(trials, train, publish)
-    summary = aggregate(per_trial)
-    print(f"\n{settings['model']} on {data['name']}, {len(per_trial)} trial(s), mean ± sample std:")
+    summary = aggregate(run_trials(trials, train, publish))
+    print(f"\n{settings['model']} on {data['name']}, {len(trials)} trial(s), mean ± sample std:")
     print(format_summary(summary))
     ids = [json.loads(t.record_file.read_text())["id"] for t in trials]
     record = build_record("transfer-aggregate", aggregate_metrics(summary), ckpt.record(), data,
                           {**settings, "trials": len(trials), "seeds": [t.seed for t in trials], "trial_records": ids},
                           started, time.time() - started, tags=options.tags)
-    record["id"] = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:32]
+    record["id"] = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:32]  # the same trials: stored once
     publish_record(record, output_dir / "aggregate.json", db_path)
     print(f"records: {output_dir}/trial*/record.json, {output_dir / 'aggregate.json'}; database {db_path}")
     return record
