@@ -1,24 +1,19 @@
 """The detection recipes (``configs/detectron2``) and a Detectron2-free reader of their ``_BASE_`` chains.
 
 Detectron2 reads these files itself (``get_cfg().merge_from_file``); the reader here serves the parts
-that run without Detectron2: tests of the recipes' values and the CLI's help.
+that run without Detectron2 (the tests of the recipes' values).
 """
 from __future__ import annotations
 
 import ast
-import copy
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from simsiam_eval.config import packaged_config_dir
+from simsiam_eval.config import _read_yaml, packaged_config_dir
 from simsiam_eval.errors import UserError
-
-BASE_KEY = "_BASE_"
 
 
 @dataclass(frozen=True)
@@ -75,36 +70,11 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _merge(into: dict, update: Mapping) -> dict:
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = copy.deepcopy(value)
-    return into
-
-
-def read_config_tree(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict:
-    """A Detectron2 YAML file merged over its ``_BASE_`` chain, with Detectron2's rules: one base per
-    file, relative to the file's folder; values decoded as yacs does. Keys absent here keep
-    Detectron2's defaults, which this reader does not know."""
-    path = Path(path).expanduser().resolve()
-    if path in _chain:
-        raise UserError(f"{path}: _BASE_ chain loops back to itself")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise UserError(f"config file not readable: {path} ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    base = tree.pop(BASE_KEY, None)
-    tree = _decode(tree)
-    if base is None:
-        return tree
-    base_path = Path(os.path.expanduser(base))
-    if not base_path.is_absolute():
-        base_path = path.parent / base_path
-    return _merge(read_config_tree(base_path, _chain + (path,)), tree)
+def read_config_tree(path: str | os.PathLike) -> dict:
+    """A Detectron2 YAML file merged over its ``_BASE_`` chain (the project's YAML reader, which
+    resolves a base relative to the file first, as Detectron2 does), values decoded as yacs does.
+    Keys absent here keep Detectron2's defaults, which this reader does not know."""
+    return _decode(_read_yaml(Path(path).expanduser().resolve()))
 
 
 def config_value(tree: Mapping, key: str, default: Any = None) -> Any:

@@ -35,7 +35,6 @@ BOX_MODE_XYWH_ABS = 1
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
-COCO_NUM_CLASSES = 80
 CLASS_FILES = ("classes.txt", "labels.txt")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -304,13 +303,6 @@ def load_coco_json(json_file: Path, image_root: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------- common
-
-
-def dataset_classes(source: DatasetSource) -> list[str]:
-    """Class names of a data set, in contiguous-id order (standard COCO: read from its json)."""
-    if source.kind == "voc":
-        return list(VOC_CLASSES) if source.builtin else voc_class_names(source.path)
-    return coco_categories(read_coco_json(source.path))[0]
 
 
 def load_dataset(source: DatasetSource, class_names: list[str] | None = None) -> list[dict]:
