@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from simsiam_eval.cli import main
+from simsiam_eval.errors import UserError
 from simsiam_eval.report.build import comparison_tables
 from simsiam_eval.report.measurements import load_reference, measurements, reference_files
 from simsiam_eval.report.render import to_csv, to_latex, to_markdown, write_table
@@ -131,6 +132,21 @@ def test_reference_auto_adds_matching_rows_only(records):
     assert everything.n.loc[("MoCo v2 (MoCo README)", "800"), ("VOC07+12", "AP75")] == 5
     none = comparison_tables(records, layout="table5", reference="none")["table5"]
     assert list(none.mean.index) == [("mine/checkpoint_0005", "5")]
+
+
+def test_own_reference_file(records, tmp_path):
+    mine = tmp_path / "mine.csv"
+    mine.write_text("name,epochs,protocol,dataset,metric,value,std,n,source\n"
+                    "Lab baseline,100,knn,shapes,top1,65.0,0.5,3,our lab notebook p. 12\n")
+    table = comparison_tables(records, layout="table4", reference="none", reference_files=[mine])["table4"]
+    row, column = ("Lab baseline", "100"), ("shapes", "kNN top-1")
+    assert (table.mean.loc[row, column], table.std.loc[row, column], table.n.loc[row, column]) == (65.0, 0.5, 3)
+    assert table.sources == {"Lab baseline": "our lab notebook p. 12"}
+    assert best_mask(table).loc[row, column]  # 65.0 is the column's best
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,value\nx,1\n")
+    with pytest.raises(UserError, match="lacks columns"):
+        comparison_tables(records, reference_files=[bad])
 
 
 def test_formats_parse_back(records, tmp_path):

@@ -78,10 +78,14 @@ def with_reference(long: pd.DataFrame, mode: str = "auto", extra_files: Iterable
     """
     if mode not in ("auto", "all", "none"):
         raise UserError(f"--reference must be auto, all or none, got {mode!r}")
-    published = load_reference() if mode != "none" else load_reference([])
-    if mode == "auto":
-        present = set(zip(long["protocol"], long["dataset"]))
-        published = published[[pair in present for pair in zip(published["protocol"], published["dataset"])]]
-    extra = load_reference(list(extra_files)) if extra_files else None
-    parts = [frame for frame in (published, extra) if frame is not None and not frame.empty]
+    parts = []
+    if mode != "none":
+        published = load_reference()
+        if mode == "auto":
+            present = set(zip(long["protocol"], long["dataset"]))
+            published = published[[pair in present for pair in zip(published["protocol"], published["dataset"])]]
+        parts.append(published)
+    if extra_files:
+        parts.append(load_reference(list(extra_files)))
+    parts = [frame for frame in parts if not frame.empty]
     return pd.concat([long, *parts], ignore_index=True) if parts else long
