@@ -84,6 +84,7 @@ def _extract_in_group(rank: int, world: int, root: str, init: str, out: str) -> 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_extraction_gathers_every_row_in_order(shapes_root, backbone, tmp_path):
     dataset = Subset(open_dataset(f"shapes:{shapes_root}@val", eval_transform(32)), range(23))
     single = extract_features(backbone, dataset, CPU, workers=0, progress=False)
