@@ -24,7 +24,7 @@ from torchvision.models import ResNet
 from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
-from simsiam_eval.data.specs import DatasetSpec, open_dataset, parse_spec, prepare_dataset
+from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
 from simsiam_eval.errors import UserError
 
 CACHE_FORMAT = 1
@@ -47,19 +47,6 @@ def default_cache_dir() -> Path:
     """``$SIMSIAM_EVAL_CACHE`` or ``~/.cache/simsiam-eval/features``."""
     env = os.environ.get("SIMSIAM_EVAL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "simsiam-eval" / "features"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available (the local rank's GPU under torchrun), else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("device 'cuda' requested but no GPU is available (use device=cpu)")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if name != "cpu":
-        raise UserError(f"unknown device '{name}' (use auto, cpu or cuda)")
-    return torch.device("cpu")
 
 
 def world() -> tuple[int, int]:
