@@ -157,8 +157,9 @@ class LinearTrainer:
                     group["lr"] = lr
                 loss = train_epoch(self.fc, self.optimizer, train_batches(epoch), reduce, self.progress,
                                    desc=f"linear epoch {epoch + 1}/{self.epochs}")
-                row = {"epoch": epoch + 1, "loss": loss, "lr": lr, **evaluate(self.fc, val_batches(), reduce),
-                       "seconds": time.perf_counter() - start}
+                # evaluation uses the bare classifier: processes may hold different numbers of val batches
+                metrics = evaluate(self.classifier, val_batches(), reduce)
+                row = {"epoch": epoch + 1, "loss": loss, "lr": lr, **metrics, "seconds": time.perf_counter() - start}
                 self.history.append(row)
                 if log is not None:
                     log.record(row, epoch + 1, prefix="linear/")
