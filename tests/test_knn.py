@@ -143,3 +143,21 @@ def test_bad_inputs_are_user_errors(bad):
     with pytest.raises(UserError) as info:
         knn_classify(train, labels, val, val_labels, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_preset_sets_k_and_temperature_unless_given_on_the_command_line():
+    from simsiam_eval.cli import build_parser
+    from simsiam_eval.commands._evaluation import evaluation_config
+    from simsiam_eval.knn_eval import KNN_DEFAULTS, apply_preset
+
+    def resolve(*argv):
+        args = build_parser().parse_args(["knn", *argv])
+        return apply_preset(*evaluation_config(args, KNN_DEFAULTS))
+
+    dino = resolve("--preset", "dino")
+    assert (dino.k, dino.temperature) == ([20, 10, 100, 200], 0.07)
+    mixed = resolve("--preset", "simsiam-cifar", "--k", "5", "50")
+    assert (mixed.k, mixed.temperature) == ([5, 50], 0.2)
+    assert resolve("--preset", "dino", "temperature=0.5").temperature == 0.5
+    with pytest.raises(UserError, match="unknown config key 'tempreature'"):
+        resolve("tempreature=0.5")
