@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -87,7 +88,7 @@ def plot_pretrain_curves(rows: list[dict], stem: str | Path, title: str = "SimSi
         _line(axes[2], frame["knn_top1"], "top-1")
         if "knn_top5" in frame and frame["knn_top5"].notna().any():
             _line(axes[2], frame["knn_top5"], "top-5")
-            axes[2].legend(fontsize=8, loc="lower right")
+            axes[2].legend(fontsize=8, loc="best")
         axes[2].set(title="kNN monitor (%)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -176,6 +177,9 @@ def plot_run(run_dir: str | Path, output_dir: str | Path | None = None,
         elif is_linear_log(rows):
             linear[name] = rows
     if linear:
+        shared = os.path.commonprefix([name.split("-") for name in linear])
+        if len(linear) > 1 and shared:  # label the runs by what differs: eval-x-seed0 -> x-seed0
+            linear = {"-".join(name.split("-")[len(shared):]) or name: rows for name, rows in linear.items()}
         written += plot_linear_curves(linear, output_dir / "linear-curves",
                                       "Linear probe" + (f" ({next(iter(linear))})" if len(linear) == 1 else ""))
     db = Path(results) if results else run_dir / DEFAULT_DB_NAME
