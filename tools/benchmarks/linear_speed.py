@@ -6,7 +6,7 @@ once (cold: into an empty feature cache; warm: the cache already holds the featu
 earlier kNN run) and then trains the linear layer on tensors. Prints wall times, speed-ups and the
 accuracy difference.
 
-    python tools/benchmarks/linear_speed.py [--checkpoint CKPT] [--data shapes:DIR] [--epochs 10]
+    python tools/benchmarks/linear_speed.py [--checkpoint CKPT] [--train SPEC --val SPEC] [--epochs 10]
 """
 from __future__ import annotations
 
@@ -23,10 +23,11 @@ from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
 
 
 def probe(args, workdir: Path, name: str, mode: str, cache_dir: Path) -> tuple[dict, float]:
-    values = {"checkpoint": args.checkpoint, "train": f"{args.data}@train", "val": f"{args.data}@val",
+    values = {"checkpoint": args.checkpoint, "train": args.train, "val": args.val,
               "mode": mode, "epochs": args.epochs, "optimizer": args.optimizer, "image_size": args.image_size,
               "workers": args.workers, "progress": False, "tensorboard": False, "cache_dir": str(cache_dir),
-              "output_dir": str(workdir / name), "batch_size": args.batch_size, "device": "cpu"}
+              "output_dir": str(workdir / name), "batch_size": args.batch_size, "base_lr": args.base_lr,
+              "device": "cpu"}
     cfg = load_config(None, LINEAR_DEFAULTS, [f"{k}={v}" for k, v in values.items()])
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     start = time.perf_counter()
@@ -38,16 +39,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="random:resnet18:cifar:32",
                         help="checkpoint or random:ARCH[:STEM[:WIDTH]] (default %(default)s)")
-    parser.add_argument("--data", default="shapes:data/shapes",
-                        help="dataset spec without @split; shapes:DIR is generated if absent (default %(default)s)")
+    parser.add_argument("--train", default="shapes:data/shapes@train",
+                        help="training split spec; shapes:DIR is generated if absent (default %(default)s)")
+    parser.add_argument("--val", default="shapes:data/shapes@val", help="validation split spec (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs for both modes (default %(default)s)")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "lars"), help="(default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="(default %(default)s)")
+    parser.add_argument("--base-lr", type=float, default=0.0,
+                        help="lr = base_lr * batch / 256 (default 0: main_lincls' 30 for sgd, 0.1 for lars)")
     parser.add_argument("--image-size", type=int, default=32, help="(default %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default %(default)s)")
     args = parser.parse_args()
-    print(f"linear probe benchmark: {args.checkpoint} on {args.data}, {args.epochs} epochs, {args.optimizer} "
-          f"batch {args.batch_size}, {torch.get_num_threads()} threads")
+    print(f"linear probe benchmark: {args.checkpoint} on {args.train} / {args.val}, {args.epochs} epochs, "
+          f"{args.optimizer} batch {args.batch_size}, {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:
         workdir, cache = Path(tmp), Path(tmp) / "cache"
         results = {"protocol": probe(args, workdir, "protocol", "protocol", cache),
