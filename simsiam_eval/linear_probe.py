@@ -117,11 +117,12 @@ def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
 
     def train_batches(epoch: int):
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(train_x.shape[1], generator=generator)
-        view = torch.randint(train_x.shape[0], (train_x.shape[1],), generator=generator)
-        for start in range(0, len(order), batch):
+        views_count, n = train_x.shape[:2]
+        order = torch.randperm(n, generator=generator).to(info.device)
+        view = torch.randint(views_count, (n,), generator=generator).to(info.device)
+        for start in range(0, n, batch):
             idx = order[start:start + batch]
-            yield train_x[view[idx].to(info.device), idx.to(info.device)], train_y[idx.to(info.device)]
+            yield train_x[view[idx], idx], train_y[idx]
 
     def val_batches():
         for start in range(0, len(val_y), cfg.eval_batch_size):
