@@ -46,7 +46,8 @@ PRETRAIN_DEFAULTS = {
         "warmup_epochs": 0,      # linear warm-up (the paper uses 10 for batch >= 1024)
     },
     "monitor": {
-        "collapse_ratio": 0.1,   # warn when std(z/|z|) < ratio / sqrt(dim)
+        "collapse_ratio": 0.5,   # warn when std(z/|z|) is below this fraction of the way from the
+                                 # collapsed floor (2 sqrt(B-1)/B / sqrt(dim)) up to 1/sqrt(dim)
     },
     "knn": {
         "every_n_epochs": 0,     # 0: no kNN monitor

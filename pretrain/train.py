@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pretrain.backbones import Pool5
 from pretrain.checkpointing import (check_same_model, find_resume_checkpoint, load_checkpoint, rng_state,
                                     save_checkpoint, set_rng_state)
-from pretrain.collapse import collapse_std, healthy_std, is_collapsed
+from pretrain.collapse import collapse_std, collapse_threshold, collapsed_floor, healthy_std, is_collapsed
 from pretrain.loss import simsiam_loss
 from pretrain.model import SimSiam, build_model
 from pretrain.schedule import build_optimizer, scaled_lr, set_epoch_lr
@@ -134,6 +134,15 @@ def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, 
     return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, image_size)
 
 
+def _warn_if_collapsed(info: DistInfo, std: float, cfg: Config, batch: int) -> None:
+    if is_collapsed(std, cfg.model.dim, batch, cfg.monitor.collapse_ratio):
+        threshold = collapse_threshold(cfg.model.dim, batch, cfg.monitor.collapse_ratio)
+        _log(info, "!" * 78 + f"\nWARNING: the representation has COLLAPSED: collapse std {std:.5f} is below "
+                   f"{threshold:.5f} (healthy ~{healthy_std(cfg.model.dim):.5f}, a collapsed batch of {batch} "
+                   f"shows ~{collapsed_floor(batch) * healthy_std(cfg.model.dim):.5f}).\n"
+                   "Check loss.stop_gradient, model.predictor and the learning rate.\n" + "!" * 78)
+
+
 def _epoch_line(record: dict, epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  lr {record['lr']:.4g}  "
             f"collapse std {record['collapse_std']:.4f} (healthy ~{record['collapse_reference']:.4f})  "
@@ -200,11 +209,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
             last = save_checkpoint(output_dir, epoch + 1, state, cfg.keep_last)
             metrics.record(record, epoch + 1, prefix="epoch/")
             _log(info, _epoch_line(record, cfg.epochs))
-            if is_collapsed(record["collapse_std"], cfg.model.dim, cfg.monitor.collapse_ratio):
-                _log(info, "!" * 78 + f"\nWARNING: the representation has COLLAPSED: collapse std "
-                           f"{record['collapse_std']:.5f} < {cfg.monitor.collapse_ratio} x 1/sqrt(dim) = "
-                           f"{cfg.monitor.collapse_ratio * reference:.5f}. Check stop_gradient, predictor, lr.\n"
-                           + "!" * 78)
+            _warn_if_collapsed(info, record["collapse_std"], cfg, loader.batch_size)
         barrier()
     if metrics is not None:
         metrics.close()
