@@ -127,6 +127,7 @@ def test_shapes_is_deterministic_and_consistent(tmp_path):
     for ann in coco["annotations"]:
         x, y, w, h = ann["bbox"]
         assert 0 <= x and 0 <= y and x + w <= 64 and y + h <= 64 and 0 < ann["area"] <= w * h
+    assert (a / "voc/classes.txt").read_text().split() == list(CLASSES)
     voc_ids = (a / "voc/ImageSets/Main/train.txt").read_text().split()
     objects = ET.parse(a / "voc/Annotations" / f"{voc_ids[0]}.xml").findall("object")
     first_image = [ann for ann in coco["annotations"] if ann["image_id"] == 1]
