@@ -60,31 +60,40 @@ def shape_polygon(kind: str, cx: float, cy: float, radius: float, angle: float) 
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """Smooth colour gradient plus stripes and noise, so that colour alone is not the class."""
+    """A colour gradient with a weak fine-grained texture.
+
+    The texture is deliberately faint: a strong per-image pattern (stripes, say) survives colour
+    jitter and cropping, and self-supervised training then matches backgrounds instead of shapes.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    base = rng.uniform(40, 215, size=3)
-    tilt = rng.uniform(-60, 60, size=(2, 3))
-    freq, phase, theta = rng.uniform(3, 12), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
-    stripes = np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
-    image = (base + xx[..., None] * tilt[0] + yy[..., None] * tilt[1]
-             + 18 * stripes[..., None] + rng.normal(0, 8, size=(size, size, 3)))
+    base = rng.uniform(50, 205, size=3)
+    tilt = rng.uniform(-50, 50, size=(2, 3))
+    grain = np.asarray(Image.fromarray(rng.integers(0, 256, (size // 4, size // 4), dtype=np.uint8))
+                       .resize((size, size), Image.BILINEAR), dtype=np.float32) / 255 - 0.5
+    image = base + xx[..., None] * tilt[0] + yy[..., None] * tilt[1] + 16 * grain[..., None]
+    image += rng.normal(0, 4, size=(size, size, 3))
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
 
-def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return tuple(int(c) for c in rng.integers(0, 256, size=3))
+def _colour(rng: np.random.Generator, avoid: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """A random colour; with ``avoid``, one that differs clearly from it (so the shape stands out)."""
+    while True:
+        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        if avoid is None or sum(abs(a - b) for a, b in zip(colour, avoid)) > 150:
+            return colour
 
 
 def render_classification(index: int, split: str, settings: ShapesSettings) -> tuple[Image.Image, int]:
-    """Image ``index`` of a split: one shape whose kind is the label."""
+    """Image ``index`` of a split: one large shape near the centre whose kind is the label."""
     rng = np.random.default_rng([settings.seed, _SPLIT_CODE[split], 0, index])
     label = index % len(CLASSES)
     size = settings.image_size
     image = _background(rng, size)
-    radius = rng.uniform(0.22, 0.38) * size
-    cx, cy = rng.uniform(radius, size - radius, size=2)
+    radius = rng.uniform(0.3, 0.42) * size
+    cx, cy = size / 2 + rng.uniform(-0.08, 0.08, size=2) * size
     polygon = shape_polygon(CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi))
-    ImageDraw.Draw(image).polygon(polygon, fill=_colour(rng), outline=_colour(rng))
+    background = image.getpixel((int(cx), int(cy)))
+    ImageDraw.Draw(image).polygon(polygon, fill=_colour(rng, avoid=background))
     return image, label
 
 
@@ -103,7 +112,7 @@ def render_scene(index: int, split: str, settings: ShapesSettings) -> tuple[Imag
             continue  # keep shapes apart so every mask is exactly its polygon
         polygon = shape_polygon(CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi))
         polygon = [(min(max(x, 0.0), size - 1.0), min(max(y, 0.0), size - 1.0)) for x, y in polygon]
-        draw.polygon(polygon, fill=_colour(rng))
+        draw.polygon(polygon, fill=_colour(rng, avoid=image.getpixel((int(cx), int(cy)))))
         xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
         objects.append({"label": label, "box": (min(xs), min(ys), max(xs), max(ys)),
                         "polygon": polygon, "center": (cx, cy), "radius": radius})
