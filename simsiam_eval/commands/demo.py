@@ -11,7 +11,6 @@ import contextlib
 import time
 from pathlib import Path
 
-BASELINE = "random:resnet18:cifar:32"  # the demo backbone's architecture, randomly initialised
 PRETRAIN_PRESET = "pretrain/shapes_cpu"
 LINEAR_TRIALS = 3
 # The cached linear probe with plain SGD: on a 1200-image training set LARS at batch 4096 takes one
@@ -71,6 +70,11 @@ def pretrain_step(out: Path, data: str, epochs: int | None, progress: bool):
     cfg = load_config(PRETRAIN_PRESET, PRETRAIN_DEFAULTS, overrides)
     train(cfg)
     return list_checkpoints(out / "pretrain")[-1], cfg
+
+
+def random_baseline(model_cfg) -> str:
+    """The checkpoint spec of the pretrained architecture, randomly initialised (e.g. random:resnet18:cifar:16)."""
+    return f"random:{model_cfg.arch}:{model_cfg.stem}:{model_cfg.width}"
 
 
 def _evaluation_config(defaults: dict, out: Path, data: str, checkpoint: str, image_size: int,
@@ -221,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
                                     pretrain_step, out, data, args.epochs, args.progress)
     steps.run(f"3/7 evaluate: {checkpoint.name} (kNN + cached linear probe x {LINEAR_TRIALS} seeds)",
               evaluate_step, out, data, str(checkpoint), "SimSiam (demo)", pre_cfg.epochs, pre_cfg, args.progress)
-    steps.run(f"4/7 evaluate: {BASELINE} baseline, the same way", evaluate_step, out, data, BASELINE,
+    baseline = random_baseline(pre_cfg.model)
+    steps.run(f"4/7 evaluate: {baseline} baseline, the same way", evaluate_step, out, data, baseline,
               "random init", None, pre_cfg, args.progress)
     if args.skip_detection:
         detection = "skipped (--skip-detection)"
