@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="end-to-end demo on CPU: pretrain, evaluate, convert, fine-tune, table, plots",
         description="Run the toolkit end to end on the synthetic shapes data (generated, no download; "
-                    "about 5-10 minutes on 2 CPU cores): pretrain SimSiam with the kNN monitor, evaluate "
+                    "a few minutes on 2 CPU cores): pretrain SimSiam with the kNN monitor, evaluate "
                     "the checkpoint and a random-init baseline the same way (weighted kNN, cached linear "
                     f"probe x {LINEAR_TRIALS} seeds), convert the checkpoint to Detectron2, fine-tune a "
                     "detector for a few iterations if Detectron2 is installed, then print the comparison "
@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     data = f"shapes:{out / 'data' / 'shapes'}"
     steps = Steps()
     steps.run("1/7 data: synthetic shapes (generated once, no download)", prepare_dataset, f"{data}@train")
-    checkpoint, pre_cfg = steps.run("2/7 pretrain: SimSiam, CIFAR ResNet-18, kNN monitor every epoch",
+    checkpoint, pre_cfg = steps.run(f"2/7 pretrain: SimSiam with the {PRETRAIN_PRESET} preset and its kNN monitor",
                                     pretrain_step, out, data, args.epochs, args.progress)
     steps.run(f"3/7 evaluate: {checkpoint.name} (kNN + cached linear probe x {LINEAR_TRIALS} seeds)",
               evaluate_step, out, data, str(checkpoint), "SimSiam (demo)", pre_cfg.epochs, pre_cfg, args.progress)
