@@ -65,13 +65,6 @@ def build_resnet(arch: str, stem: str = "imagenet", width: int = 64, num_classes
     raise UserError(f"unknown stem '{stem}' (choose from {', '.join(STEMS)})")
 
 
-def feature_dim(model: ResNet) -> int:
-    """Width of the pool5 features (the input of ``fc``)."""
-    fc = model.fc
-    first = fc[0] if isinstance(fc, nn.Sequential) else fc
-    return first.in_features
-
-
 class Pool5(nn.Module):
     """View of a ResNet that stops at global average pooling (skips ``fc``, e.g. the projector)."""
 

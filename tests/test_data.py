@@ -1,5 +1,4 @@
 import gzip
-import io
 import json
 import pickle
 import xml.etree.ElementTree as ET

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torchvision import models
 
 from simsiam_eval.cli import main
@@ -92,8 +93,6 @@ def test_corrupt_image_is_named(tmp_path, capsys):
     for name in ("a", "b"):
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(12):
-            torch.manual_seed(i)
-            from PIL import Image
             Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(tmp_path / "data" / name / f"{i}.png")
     (tmp_path / "data" / "b" / "5.png").write_bytes(b"garbage")
     code, err = run_cli(capsys, "pretrain", f"output_dir={tmp_path}/run", f"data.train={tmp_path}/data",

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from simsiam_eval.errors import UserError
+
 CLASSES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 _SPLIT_CODE = {"train": 1, "val": 2}
 MARKER = "SHAPES_DATASET.json"
@@ -220,8 +222,6 @@ def ensure_shapes_dataset(root: Path) -> Path:
     if (root / MARKER).is_file():
         return root
     if root.exists() and any(root.iterdir()):
-        from simsiam_eval.errors import UserError
-
         raise UserError(f"{root}: exists but is not a shapes data set (no {MARKER}); pick another folder")
     if root.exists():
         root.rmdir()
