@@ -43,6 +43,7 @@ def test_simsiam_layout_with_and_without_module_prefix(tmp_path, ddp):
     assert all(k.startswith((prefix + "encoder.fc.", prefix + "predictor.")) for k in ckpt.dropped)
     assert len(ckpt.found) == len(ckpt.state_dict)
     assert ckpt.metadata["epoch"] == 5 and len(ckpt.sha256) == 64
+    assert ckpt.record()["epochs"] == 5  # the tables' "epochs" column
 
 
 @pytest.mark.parametrize("arch,stem,width", [("resnet18", "cifar", 64), ("resnet18", "cifar", 32),

@@ -62,9 +62,11 @@ class CanonicalCheckpoint:
         return self.state_dict[last_stage_key(self.state_dict)].shape[0]
 
     def record(self) -> dict[str, Any]:
-        """The ``checkpoint`` part of a result record."""
+        """The ``checkpoint`` part of a result record (``epochs``: pretraining epochs, when the file says)."""
+        epochs = self.metadata.get("epoch")
         return {"path": self.path, "sha256": self.sha256, "arch": self.arch, "stem": self.stem,
-                "width": self.width, "format": self.source_format}
+                "width": self.width, "format": self.source_format,
+                "epochs": epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None}
 
 
 def last_stage_key(state_dict: Mapping[str, torch.Tensor]) -> str:
