@@ -137,16 +137,51 @@ def test_verification_table_counts(tmp_path):
     assert all(check.passed for check in report.checks)
 
 
-def test_cifar_stem_refuses_detectron2_but_converts_to_safetensors(tmp_path):
+def test_cifar_stem_converts_to_detectron2_for_basic_blocks_only_and_to_safetensors(tmp_path):
     ckpt = tmp_path / "c.pth"
     net = SimSiam("resnet18", dim=64, pred_dim=16, stem="cifar", width=32).encoder
     torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, ckpt)
-    with pytest.raises(UserError, match="CIFAR"):
-        convert_checkpoint(ckpt, tmp_path / "c.pkl")
-    assert not (tmp_path / "c.pkl").exists()
+    report = convert_checkpoint(ckpt, tmp_path / "c.pkl", numerical=False)
+    assert next(c for c in report.checks if c.name == "Detectron2 metadata").passed
+    again = read_checkpoint(tmp_path / "c.pkl")
+    assert (again.arch, again.stem, again.width) == ("resnet18", "cifar", 32)
+    with pytest.raises(UserError, match="resnet50 with the CIFAR 3x3 stem has no Detectron2 backbone"):
+        convert_checkpoint("random:resnet50:cifar:16", tmp_path / "c50.pkl")
+    assert not (tmp_path / "c50.pkl").exists()
     report = convert_checkpoint(ckpt, tmp_path / "c.safetensors")
     assert (report.source.stem, report.source.width) == ("cifar", 32)
     assert read_checkpoint(tmp_path / "c.safetensors").width == 32
+
+
+def detectron2_basic_block_names(blocks_per_stage=(2, 2, 2, 2)) -> set[str]:
+    """Detectron2's names for a BasicBlock ResNet (detectron2/modeling/backbone/resnet.py): ``stem.conv1``,
+    ``resN.i.conv1``/``conv2`` and, where the width or stride changes, ``shortcut``; each with its ``norm``."""
+    norm = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    names = set()
+    convs = [("stem.conv1", True)] + [(f"res{stage}.{i}.{conv}", conv != "shortcut" or (stage > 2 and i == 0))
+                                      for stage, count in enumerate(blocks_per_stage, start=2)
+                                      for i in range(count) for conv in ("conv1", "conv2", "shortcut")]
+    for conv, present in convs:
+        if present:
+            names |= {f"{conv}.weight", *(f"{conv}.norm.{p}" for p in norm)}
+    return names
+
+
+def test_basic_block_names_become_detectron2s(tmp_path):
+    assert torchvision_to_detectron2("layer1.1.bn2.running_var") == "res2.1.conv2.norm.running_var"
+    assert torchvision_to_detectron2("layer3.0.downsample.0.weight") == "res4.0.shortcut.weight"
+    assert torchvision_to_detectron2("layer3.0.downsample.1.bias") == "res4.0.shortcut.norm.bias"
+    assert torchvision_to_detectron2("bn1.weight") == "stem.conv1.norm.weight"
+    cases = (("resnet18", "cifar", 16, (2, 2, 2, 2)), ("resnet34", "imagenet", 64, (3, 4, 6, 3)))
+    for arch, stem, width, blocks in cases:
+        convert_checkpoint(f"random:{arch}:{stem}:{width}", tmp_path / f"{arch}.pkl", numerical=False)
+        with open(tmp_path / f"{arch}.pkl", "rb") as f:
+            data = safe_load(f)
+        assert set(data["model"]) == detectron2_basic_block_names(blocks)
+        assert (data["arch"], data["stem"], data["width"]) == (arch, stem, width)
+        assert data["model"]["res2.0.conv1.weight"].shape == (width, width, 3, 3)
+        for key in data["model"]:
+            assert torchvision_to_detectron2(detectron2_to_torchvision(key)) == key
 
 
 def test_target_from_suffix():

@@ -1,4 +1,5 @@
-"""Detection transfer with Detectron2: R50-C4 Faster/Mask R-CNN fine-tuning of any checkpoint.
+"""Detection transfer with Detectron2: R50-C4 Faster/Mask R-CNN fine-tuning of any checkpoint (and a
+small-ResNet C4 model, BasicBlocks with the CIFAR or ImageNet stem, for the demo's smoke run).
 
 Modules without a Detectron2 import (usable and tested where Detectron2 is absent):
 ``configs`` (recipes, ``_BASE_`` resolution), ``datasets`` (VOC xml / COCO json into Detectron2's
@@ -6,6 +7,7 @@ dict format, dataset specs, missing parts), ``voc_metric`` (Pascal VOC AP), ``sc
 schedule for the number of devices), ``trials`` (seeds, resume, mean and sample std), ``weights``
 (backbone tensor matching), ``preflight``.
 
-Modules that import Detectron2: ``roi_heads`` (``Res5ROIHeadsExtraNorm``), ``evaluators``,
+Modules that import Detectron2: ``roi_heads`` (``Res5ROIHeadsExtraNorm``, the BasicBlock res5 heads),
+``backbone`` (``build_basic_resnet_backbone``, ``MODEL.RESNETS.STEM_TYPE``), ``evaluators``,
 ``register`` (dataset registration) and ``train_net`` (the trainer, Detectron2's command line).
 """

@@ -177,16 +177,35 @@ def check_data(cfg) -> None:
                   {n: class_names(n) for n in cfg.DATASETS.TEST})
 
 
+def check_backbone_fits(cfg, ckpt, where: str) -> None:
+    """The config builds the checkpoint's depth, stem and width (the recipes are R50-C4; the smoke
+    config ``faster_rcnn_shapes_voc_r18_cifar.yaml`` is a CIFAR-stem ResNet-18)."""
+    resnets = cfg.MODEL.RESNETS
+    if ckpt.arch != f"resnet{resnets.DEPTH}" and ckpt.arch.removeprefix("resnet").isdigit():
+        raise UserError(f"{where}: holds a {ckpt.arch}, but the config builds a ResNet-{resnets.DEPTH} "
+                        f"(MODEL.RESNETS.DEPTH); the recipes are R50-C4")
+    if (ckpt.stem, ckpt.width) != (resnets.STEM_TYPE, resnets.STEM_OUT_CHANNELS):
+        raise UserError(f"{where}: has the {ckpt.stem} stem of width {ckpt.width}, but the config builds the "
+                        f"{resnets.STEM_TYPE} stem of width {resnets.STEM_OUT_CHANNELS} "
+                        f"(MODEL.RESNETS.STEM_TYPE, STEM_OUT_CHANNELS)")
+
+
+def model_name(cfg) -> str:
+    """``Faster R-CNN R50-C4``, ``Mask R-CNN R50-C4``, ``Faster R-CNN R18-C4 (cifar stem, width 16)``."""
+    resnets = cfg.MODEL.RESNETS
+    name = f"{'Mask' if cfg.MODEL.MASK_ON else 'Faster'} R-CNN R{resnets.DEPTH}-C4"
+    if (resnets.STEM_TYPE, resnets.STEM_OUT_CHANNELS) != ("imagenet", 64):
+        name += f" ({resnets.STEM_TYPE} stem, width {resnets.STEM_OUT_CHANNELS})"
+    return name
+
+
 def prepare_weights(options: TransferOptions, cfg):
     """The checkpoint read and converted into the run folder, matched against the detector; sets
     MODEL.WEIGHTS. Returns (checkpoint, run folder)."""
     from simsiam_eval.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(options.checkpoint, options.checkpoint_format)
-    depth = cfg.MODEL.RESNETS.DEPTH
-    if ckpt.arch != f"resnet{depth}" and ckpt.arch.removeprefix("resnet").isdigit():
-        raise UserError(f"{options.checkpoint}: holds a {ckpt.arch}, but the config builds a ResNet-{depth} "
-                        f"(MODEL.RESNETS.DEPTH); the recipes are R50-C4")
+    check_backbone_fits(cfg, ckpt, options.checkpoint)
     output_dir = Path(options.output_dir) if options.output_dir else default_output_dir(options.task, ckpt)
     weights = convert_weights(options, ckpt, output_dir)
     cfg.MODEL.WEIGHTS = str(weights.resolve())
@@ -199,7 +218,7 @@ def run_settings(options: TransferOptions, config_file: Path, cfg, devices: int,
     """The ``settings`` of the records: what was run, on what, with which batch and schedule."""
     solver = cfg.SOLVER
     return {"task": options.task, "config": str(config_file), "overrides": list(options.opts),
-            "model": "Mask R-CNN R50-C4" if cfg.MODEL.MASK_ON else "Faster R-CNN R50-C4",
+            "model": model_name(cfg),
             "devices": devices, "device": cfg.MODEL.DEVICE, "ims_per_batch": solver.IMS_PER_BATCH,
             "base_lr": solver.BASE_LR, "max_iter": solver.MAX_ITER, "steps": list(solver.STEPS),
             "scaling": scaling, "output_dir": str(output_dir), "detectron2": detectron2_version(),

@@ -27,9 +27,10 @@ from detectron2.engine import (
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
-import transfer.roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+import transfer.roi_heads  # noqa: F401  (registers the Res5ROIHeads variants; transfer.backbone its backbone)
 from simsiam_eval.atomic import atomic_write_json
 from simsiam_eval.errors import UserError, one_line
+from transfer.backbone import add_stem_config
 from transfer.evaluators import build_evaluator
 from transfer.register import register_datasets
 from transfer.trials import RESULTS_FILE
@@ -71,9 +72,10 @@ class Trainer(DefaultTrainer):
 
 
 def build_config(config_file: str, opts: list[str]):
-    """Detectron2's defaults, then the YAML file (with its ``_BASE_`` chain), then ``KEY VALUE`` pairs;
-    the CPU when the config asks for CUDA on a machine without it."""
+    """Detectron2's defaults with our keys (``MODEL.RESNETS.STEM_TYPE``), then the YAML file (with its
+    ``_BASE_`` chain), then ``KEY VALUE`` pairs; the CPU when the config asks for CUDA on a machine without it."""
     cfg = get_cfg()
+    add_stem_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

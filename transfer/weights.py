@@ -1,6 +1,7 @@
-"""Which tensors of an R50-C4 detector a converted checkpoint fills, checked name by name.
+"""Which tensors of a ResNet-C4 detector (R50-C4, or ``transfer.backbone``'s R18/R34) a converted
+checkpoint fills, checked name by name.
 
-In Detectron2's R50-C4 the stem and res2-res4 are ``backbone.*`` and res5 lives in the box head
+In Detectron2's C4 models the stem and res2-res4 are ``backbone.*`` and res5 lives in the box head
 (``roi_heads.res5.*``); a converted checkpoint names them ``stem.*``, ``res2.*`` ... ``res5.*``.
 Everything else is a new head, initialised fresh: the RPN, the box predictor, the mask head and the
 extra norm after res5. Detectron2 itself only warns about names it cannot match, so a wrong
@@ -77,4 +78,4 @@ def check_weights(match: WeightsMatch, weights_path: str) -> None:
             shown = ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
             problems.append(f"{label}: {shown}")
     raise UserError(f"{weights_path}: does not fill the detector's backbone ({'; '.join(problems)}); "
-                    f"is it a ResNet-50 converted to Detectron2 names?")
+                    f"is it a ResNet of the config's depth, stem and width converted to Detectron2 names?")

@@ -9,7 +9,9 @@ _D2_STAGE = re.compile(r"^res([2-5])\.")
 
 def torchvision_to_detectron2(key: str) -> str:
     """MoCo's rules for a backbone key: ``conv1``/``bn1`` -> ``stem.conv1``/``stem.conv1.norm``, ``layerN`` ->
-    ``res{N+1}``, ``bnK`` -> ``convK.norm``, ``downsample.0`` -> ``shortcut``, ``downsample.1`` -> ``shortcut.norm``."""
+    ``res{N+1}``, ``bnK`` -> ``convK.norm``, ``downsample.0`` -> ``shortcut``, ``downsample.1`` -> ``shortcut.norm``.
+    The same rules give Detectron2's BottleneckBlock names (conv1-conv3) and BasicBlock names (conv1, conv2,
+    shortcut; ResNet-18/34), for either stem (``transfer.backbone``'s CIFAR stem is ``stem.conv1`` too)."""
     if m := _TV_STAGE.match(key):
         key = f"res{int(m.group(1)) + 1}." + key[m.end():]
     else:

@@ -13,7 +13,7 @@ import torch
 from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint, arch_layout, build_backbone
 from simsiam_eval.checkpoints.read import read_checkpoint
 from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision
-from simsiam_eval.checkpoints.writers import TARGET_READERS
+from simsiam_eval.checkpoints.writers import TARGET_READERS, detectron2_metadata
 from simsiam_eval.errors import UserError
 
 TOLERANCE = 1e-5
@@ -61,6 +61,8 @@ def verify_conversion(source: CanonicalCheckpoint, output: str | os.PathLike, ta
     with single_thread():
         again = read_checkpoint(output, fmt=TARGET_READERS[target])
         report.checks.append(reread_check(source, again, output))
+        if target == "detectron2":
+            report.checks.append(metadata_check(again))
         if numerical:
             check = {"detectron2": detectron2_check, "timm": timm_check}.get(target, torchvision_check)
             x = probe_input(source)
@@ -93,6 +95,15 @@ def reread_check(source: CanonicalCheckpoint, again: CanonicalCheckpoint, output
     if differ:
         return Check("re-read output", False, f"{len(differ)} tensors differ ({', '.join(differ[:4])})")
     return Check("re-read output", True, f"{len(again.state_dict)} tensors bit-identical, arch {again.arch}")
+
+
+def metadata_check(again: CanonicalCheckpoint) -> Check:
+    """The arch, stem and width written beside a Detectron2 ``model`` are those of its tensors."""
+    expected = detectron2_metadata(again)
+    written = {key: again.metadata.get(key) for key in expected}
+    if written != expected:
+        return Check("Detectron2 metadata", False, f"file says {written}, its tensors {expected}")
+    return Check("Detectron2 metadata", True, f"{again.arch}, {again.stem} stem, width {again.width}")
 
 
 def probe_input(ckpt: CanonicalCheckpoint, batch: int = 2) -> torch.Tensor:
@@ -141,8 +152,9 @@ def timm_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
     return _compare("timm pooled features", got, reference["pooled"])
 
 
-def detectron2_resnet_config(arch: str, out_features=("res4",)):
-    """A Detectron2 config whose ResNet matches torchvision's ``arch`` (STRIDE_IN_1X1 False, BN, nothing frozen)."""
+def detectron2_resnet_config(arch: str, out_features=("res4",), stem: str = "imagenet", width: int = 64):
+    """A Detectron2 config whose ResNet matches torchvision's ``arch`` (STRIDE_IN_1X1 False, BN, nothing frozen);
+    the CIFAR stem (BasicBlock ResNets of any width) is ``transfer.backbone``'s."""
     from detectron2.config import get_cfg
 
     block, blocks, groups, width_per_group = arch_layout(arch)
@@ -156,6 +168,13 @@ def detectron2_resnet_config(arch: str, out_features=("res4",)):
     cfg.MODEL.RESNETS.OUT_FEATURES = list(out_features)
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.DEVICE = "cpu"
+    if stem != "imagenet":  # importing transfer.backbone registers build_basic_resnet_backbone
+        from transfer.backbone import add_stem_config
+
+        add_stem_config(cfg)
+        cfg.MODEL.BACKBONE.NAME = "build_basic_resnet_backbone"
+        cfg.MODEL.RESNETS.STEM_TYPE = stem
+        cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = width
     return cfg
 
 
@@ -167,12 +186,12 @@ def detectron2_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
             warnings.simplefilter("ignore", FutureWarning)
             from detectron2.checkpoint import DetectionCheckpointer
             from detectron2.layers import ShapeSpec
-            from detectron2.modeling.backbone import build_resnet_backbone
+            from detectron2.modeling import build_backbone
     except ImportError:
         return Check(name, None, "detectron2 not installed")
-    cfg = detectron2_resnet_config(again.arch, ("res4", "res5"))
+    cfg = detectron2_resnet_config(again.arch, ("res4", "res5"), again.stem, again.width)
     with torch.device("meta"):  # no random init: every tensor is loaded from the file (checked below)
-        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+        backbone = build_backbone(cfg, ShapeSpec(channels=3))
     backbone.to_empty(device="cpu")
     DetectionCheckpointer(backbone).load(str(output))
     unmatched = [k for k, v in backbone.state_dict().items()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from simsiam_eval.atomic import atomic_path
-from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint
+from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint, arch_layout
 from simsiam_eval.checkpoints.renaming import torchvision_to_detectron2
 from simsiam_eval.errors import UserError
 
@@ -37,14 +37,21 @@ def detectron2_model(ckpt: CanonicalCheckpoint) -> dict:
     return {torchvision_to_detectron2(k): v.detach().cpu().numpy() for k, v in ckpt.state_dict.items()}
 
 
+def detectron2_metadata(ckpt: CanonicalCheckpoint) -> dict:
+    """What a Detectron2 config needs beyond the tensors: arch, stem type and width (``transfer.backbone``)."""
+    return {"arch": ckpt.arch, "stem": ckpt.stem, "width": ckpt.width}
+
+
 def write_detectron2(ckpt: CanonicalCheckpoint, path: str | os.PathLike) -> list[str]:
-    """A pickle ``{'model': {name: ndarray}, '__author__', 'matching_heuristics': True}`` (pickle, not torch.save)."""
-    if ckpt.stem != "imagenet":
-        raise UserError(f"{ckpt.path}: Detectron2's ResNet stem is 7x7 with stride 2; this checkpoint has the "
-                        f"CIFAR 3x3 stem and cannot be converted to Detectron2")
+    """A pickle ``{'model': {name: ndarray}, '__author__', 'matching_heuristics': True, 'arch', 'stem', 'width'}``
+    (pickle, not torch.save). The CIFAR stem is for BasicBlock ResNets (Detectron2 side: ``transfer.backbone``)."""
+    if ckpt.stem != "imagenet" and arch_layout(ckpt.arch)[0] != "basic":
+        raise UserError(f"{ckpt.path}: a {ckpt.arch} with the CIFAR 3x3 stem has no Detectron2 backbone "
+                        f"(the CIFAR stem converts for resnet18/34 only)")
     model = detectron2_model(ckpt)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump({"model": model, "__author__": AUTHOR, "matching_heuristics": True}, f)
+        pickle.dump({"model": model, "__author__": AUTHOR, "matching_heuristics": True,
+                     **detectron2_metadata(ckpt)}, f)
     return list(model)
 
 
