@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from simsiam_eval.cli import main
-from simsiam_eval.commands.demo import Steps, _publish_once, summary
+from simsiam_eval.commands.demo import Steps, _publish_once, detection_task, summary
 from simsiam_eval.results.records import build_record
 from simsiam_eval.results.store import read_records
 
@@ -42,3 +42,16 @@ def test_demo_help(capsys):
         main(["demo", "--help"])
     assert done.value.code == 0
     assert "--output-dir" in capsys.readouterr().out
+
+
+def test_detection_config_fits_the_checkpoint():
+    from transfer.configs import task_config
+
+    assert detection_task("resnet50", "imagenet", 64) == ("smoke/faster_rcnn_shapes_voc.yaml", [])
+    config, overrides = detection_task("resnet18", "cifar", 16)
+    assert config == "smoke/faster_rcnn_shapes_voc_r18_cifar.yaml" and task_config(config).is_file()
+    assert dict(zip(overrides[::2], overrides[1::2])) == {
+        "MODEL.RESNETS.DEPTH": "18", "MODEL.RESNETS.STEM_TYPE": "cifar",
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": "16", "MODEL.RESNETS.RES2_OUT_CHANNELS": "16"}
+    assert detection_task("resnet34", "imagenet", 64)[1][1::2] == ["34", "imagenet", "64", "64"]
+    assert detection_task("resnet101", "imagenet", 64) is None

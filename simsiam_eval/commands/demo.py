@@ -170,12 +170,29 @@ def plots_step(out: Path) -> list[Path]:
     return [p for p in plot_run(out) if p.suffix == ".png"]
 
 
-DETECTION_CONFIG = "smoke/faster_rcnn_shapes_voc.yaml"
+# The smoke config per architecture: R50-C4, or the small-ResNet C4 model (transfer/backbone.py).
+DETECTION_CONFIGS = {"resnet50": "smoke/faster_rcnn_shapes_voc.yaml",
+                     "resnet18": "smoke/faster_rcnn_shapes_voc_r18_cifar.yaml",
+                     "resnet34": "smoke/faster_rcnn_shapes_voc_r18_cifar.yaml"}
+
+
+def detection_task(arch: str, stem: str, width: int) -> tuple[str, list[str]] | None:
+    """The smoke config that fits a checkpoint, with the overrides that set its depth, stem and width
+    (ResNet-18/34); None when no smoke config fits."""
+    if arch not in DETECTION_CONFIGS:
+        return None
+    if arch == "resnet50":
+        return DETECTION_CONFIGS[arch], []
+    return DETECTION_CONFIGS[arch], ["MODEL.RESNETS.DEPTH", arch.removeprefix("resnet"),
+                                     "MODEL.RESNETS.STEM_TYPE", stem, "MODEL.RESNETS.STEM_OUT_CHANNELS", str(width),
+                                     "MODEL.RESNETS.RES2_OUT_CHANNELS", str(width)]
 
 
 def detection_step(out: Path, checkpoint: Path) -> str:
-    """A few iterations of Faster R-CNN on the shapes VOC split (``simsiam-eval transfer``'s smoke
-    config), recorded like any transfer trial; skipped with the reason when it cannot run here."""
+    """A few iterations of Faster R-CNN on the shapes VOC split (``simsiam-eval transfer`` with the smoke
+    config that fits the checkpoint), recorded like any transfer trial; skipped with the reason when it
+    cannot run here."""
+    from simsiam_eval.checkpoints import read_checkpoint
     from simsiam_eval.errors import UserError
     from transfer.preflight import require_detectron2
     from transfer.run import TransferOptions, run_transfer
@@ -185,7 +202,15 @@ def detection_step(out: Path, checkpoint: Path) -> str:
     except UserError as exc:
         print(f"skipped: {exc}")
         return f"skipped: Detectron2 is not installed ({exc})"
-    options = TransferOptions(checkpoint=str(checkpoint), task=DETECTION_CONFIG, trials=1,
+    ckpt = read_checkpoint(checkpoint)
+    task = detection_task(ckpt.arch, ckpt.stem, ckpt.width)
+    if task is None:
+        reason = f"no smoke detection config for a {ckpt.arch} (configs for {', '.join(DETECTION_CONFIGS)})"
+        print(f"skipped: {reason}")
+        return f"skipped: {reason}"
+    config, overrides = task
+    print(f"config: {config} {' '.join(overrides)}".rstrip())
+    options = TransferOptions(checkpoint=str(checkpoint), task=config, trials=1, opts=overrides,
                               output_dir=str(out / "transfer"), data_root=str(out / "data"),
                               results=str(out / "results.db"), tags=["demo"], quiet=True)
     try:
@@ -234,8 +259,8 @@ def run(args: argparse.Namespace) -> int:
         weights, converted = steps.run("5/7 convert: checkpoint -> Detectron2 (verified)", convert_step, out,
                                        checkpoint)
         if weights is None:
-            detection = (f"skipped: {converted} (the transfer recipes are R50-C4: run simsiam-eval transfer "
-                         f"--checkpoint YOUR_R50.pth.tar --task {DETECTION_CONFIG} to try one)")
+            detection = (f"skipped: {converted} (smoke detection configs: "
+                         f"{', '.join(sorted(set(DETECTION_CONFIGS.values())))})")
         else:
             detection = f"weights {converted}; " + steps.run(
                 "6/7 detection: short Faster R-CNN fine-tune on the shapes detection split",
