@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
+
 from simsiam_eval.errors import UserError
+from simsiam_eval.report.tables import aggregate as aggregate_long
 
 RESULTS_FILE = "final_results.json"
 RECORD_FILE = "record.json"
@@ -77,13 +79,14 @@ def read_trial_metrics(trial: Trial) -> dict[str, float]:
 
 
 def aggregate(per_trial: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    """Per metric: mean, sample standard deviation (n - 1; None for a single trial) and n."""
-    values: dict[str, list[float]] = {}
-    for metrics in per_trial:
-        for key, value in metrics.items():
-            values.setdefault(key, []).append(float(value))
-    return {key: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
-            for key, v in values.items()}
+    """Per metric: mean, sample standard deviation (n - 1; None for a single trial) and n, computed by
+    the tables' aggregation (``simsiam_eval.report.tables.aggregate``) so both agree by construction."""
+    long = pd.DataFrame([{"metric": key, "value": float(value), "published": False}
+                         for metrics in per_trial for key, value in metrics.items()],
+                        columns=["metric", "value", "published"])
+    stats = aggregate_long(long, ["metric"])
+    return {row.metric: {"mean": float(row.mean), "std": None if math.isnan(row.std) else float(row.std),
+                         "n": int(row.n)} for row in stats.itertuples()}
 
 
 def aggregate_metrics(summary: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

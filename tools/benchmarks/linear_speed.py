@@ -4,9 +4,10 @@
 protocol runs the frozen backbone on every image every epoch (main_lincls); cached embeds the data
 once (cold: into an empty feature cache; warm: the cache already holds the features, e.g. from an
 earlier kNN run) and then trains the linear layer on tensors. Prints wall times, speed-ups and the
-accuracy difference.
+accuracy difference for each epoch count asked for (protocol costs one backbone pass over train and
+val per epoch; a cold cached run costs one pass in all, so its speed-up grows with the epochs).
 
-    python tools/benchmarks/linear_speed.py [--checkpoint CKPT] [--train SPEC --val SPEC] [--epochs 10]
+    python tools/benchmarks/linear_speed.py [--checkpoint CKPT] [--train SPEC --val SPEC] [--epochs 10 30]
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from simsiam_eval.distributed import DistInfo
 from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
 
 
-def probe(args, workdir: Path, name: str, mode: str, cache_dir: Path) -> tuple[dict, float]:
+def probe(args, epochs: int, workdir: Path, name: str, mode: str, cache_dir: Path) -> tuple[dict, float]:
     values = {"checkpoint": args.checkpoint, "train": args.train, "val": args.val,
-              "mode": mode, "epochs": args.epochs, "optimizer": args.optimizer, "image_size": args.image_size,
+              "mode": mode, "epochs": epochs, "optimizer": args.optimizer, "image_size": args.image_size,
               "workers": args.workers, "progress": False, "tensorboard": False, "cache_dir": str(cache_dir),
               "output_dir": str(workdir / name), "batch_size": args.batch_size, "base_lr": args.base_lr,
               "device": "cpu"}
@@ -42,7 +43,8 @@ def main() -> None:
     parser.add_argument("--train", default="shapes:data/shapes@train",
                         help="training split spec; shapes:DIR is generated if absent (default %(default)s)")
     parser.add_argument("--val", default="shapes:data/shapes@val", help="validation split spec (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs for both modes (default %(default)s)")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 30],
+                        help="epoch counts, each run in both modes (default %(default)s)")
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "lars"), help="(default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="(default %(default)s)")
     parser.add_argument("--base-lr", type=float, default=0.0,
@@ -50,21 +52,23 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32, help="(default %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default %(default)s)")
     args = parser.parse_args()
-    print(f"linear probe benchmark: {args.checkpoint} on {args.train} / {args.val}, {args.epochs} epochs, "
+    print(f"linear probe benchmark: {args.checkpoint} on {args.train} / {args.val}, "
           f"{args.optimizer} batch {args.batch_size}, {torch.get_num_threads()} threads")
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir, cache = Path(tmp), Path(tmp) / "cache"
-        results = {"protocol": probe(args, workdir, "protocol", "protocol", cache),
-                   "cached (cold cache)": probe(args, workdir, "cold", "cached", cache),
-                   "cached (warm cache)": probe(args, workdir, "warm", "cached", cache)}
-    base_record, base_seconds = results["protocol"]
-    for name, (record, seconds) in results.items():
-        m = record["metrics"]
-        line = f"  {name:20s} {seconds:8.2f} s   top-1 {m['top1']:6.2f}%   top-5 {m['top5']:6.2f}%"
-        if name != "protocol":
-            line += (f"   speed-up {base_seconds / seconds:6.1f}x   top-1 difference "
-                     f"{m['top1'] - base_record['metrics']['top1']:+.2f} points")
-        print(line, flush=True)
+    for epochs in args.epochs:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir, cache = Path(tmp), Path(tmp) / "cache"
+            results = {"protocol": probe(args, epochs, workdir, "protocol", "protocol", cache),
+                       "cached (cold cache)": probe(args, epochs, workdir, "cold", "cached", cache),
+                       "cached (warm cache)": probe(args, epochs, workdir, "warm", "cached", cache)}
+        print(f"{epochs} epochs:")
+        base_record, base_seconds = results["protocol"]
+        for name, (record, seconds) in results.items():
+            m = record["metrics"]
+            line = f"  {name:20s} {seconds:8.2f} s   top-1 {m['top1']:6.2f}%   top-5 {m['top5']:6.2f}%"
+            if name != "protocol":
+                line += (f"   speed-up {base_seconds / seconds:6.1f}x   top-1 difference "
+                         f"{m['top1'] - base_record['metrics']['top1']:+.2f} points")
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
