@@ -13,6 +13,9 @@ from simsiam_eval.atomic import atomic_torch_save
 from simsiam_eval.errors import UserError
 
 NAME = re.compile(r"^checkpoint_(\d{4,})\.pth\.tar$")
+# The weights before the first step (epoch 0), in the same layout: the controlled "no pretraining"
+# baseline (same architecture, initialisation and seed). Not a resume point.
+INIT_NAME = "init.pth.tar"
 
 
 def checkpoint_path(output_dir: Path, epoch: int) -> Path:

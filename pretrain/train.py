@@ -13,13 +13,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from pretrain.backbones import Pool5
-from pretrain.checkpointing import (check_same_model, find_resume_checkpoint, load_checkpoint, rng_state,
-                                    save_checkpoint, set_rng_state)
+from pretrain.checkpointing import (INIT_NAME, check_same_model, find_resume_checkpoint, load_checkpoint,
+                                    rng_state, save_checkpoint, set_rng_state)
 from pretrain.collapse import collapse_std, collapse_threshold, collapsed_floor, healthy_std, is_collapsed
 from pretrain.loss import simsiam_loss
 from pretrain.model import SimSiam, build_model
 from pretrain.schedule import build_optimizer, scaled_lr, set_epoch_lr
 from pretrain.sync_bn import convert_sync_batchnorm
+from simsiam_eval.atomic import atomic_torch_save
 from simsiam_eval.config import Config, dump_config, save_config
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
@@ -182,6 +183,10 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
     start_epoch = resume_if_possible(cfg, model, optimizer, scaler, output_dir, info)
+    if start_epoch == 0 and info.is_main:
+        atomic_torch_save({"epoch": 0, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
+                           "config": cfg.to_dict(), "versions": versions(), "git": git_revision()},
+                          output_dir / INIT_NAME)
     if start_epoch >= cfg.epochs:
         _log(info, f"{output_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
         return None

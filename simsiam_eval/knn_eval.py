@@ -36,6 +36,7 @@ KNN_DEFAULTS = {
     "output_dir": "runs/eval",   # default home of the JSON record and results.db
     "output": "",                # JSON record; empty: output_dir/knn-<time>.json
     "results": "",               # results database; empty: output_dir/results.db
+    "name": "",                  # row label in tables (default: the checkpoint file)
     "tags": [],                  # labels stored with the record (for tables)
 }
 

@@ -62,6 +62,7 @@ LINEAR_DEFAULTS = {
     "output_dir": "runs/linear", # linear_state.pth, metrics.jsonl, tensorboard/, linear.json, results.db
     "output": "",                # JSON record; empty: output_dir/linear.json
     "results": "",               # results database; empty: output_dir/results.db
+    "name": "",                  # row label in tables (default: the checkpoint file)
     "tags": [],
 }
 

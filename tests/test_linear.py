@@ -16,6 +16,7 @@ from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.linear import LinearTrainer, build_classifier, build_optimizer, cosine_lr
 from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
+from simsiam_eval.results.records import checkpoint_name
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 TINY_BACKBONE = "random:resnet18:cifar:8"
@@ -125,3 +126,12 @@ def test_bad_inputs_give_one_line_errors(shapes_root, tmp_path, capsys, command)
         code, err = run_cli([command, *common, *extra], capsys)
         assert code == 2, name
         assert len(err.splitlines()) == 1 and expected in err, (name, err)
+
+
+def test_name_labels_the_record_in_tables(shapes_root, tmp_path):
+    output = tmp_path / "knn.json"
+    assert cli.main(["knn", "--checkpoint", TINY_BACKBONE, "--train", f"shapes:{shapes_root}@train", "--val",
+                     f"shapes:{shapes_root}@val", "--image-size", "32", "--k", "5", "--workers", "0", "--no-progress",
+                     "--cache-dir", str(tmp_path / "cache"), "--output", str(output), "--name", "my baseline"]) == 0
+    record = json.loads(output.read_text())
+    assert record["checkpoint"]["name"] == "my baseline" and checkpoint_name(record) == "my baseline"

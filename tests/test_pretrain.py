@@ -32,6 +32,12 @@ def test_checkpoint_loads_by_the_main_lincls_procedure(shapes_root, tmp_path):
     result = model.load_state_dict(state_dict, strict=False)
     assert set(result.missing_keys) == {"fc.weight", "fc.bias"} and result.unexpected_keys == []
     assert any(k.startswith("module.predictor.") for k in checkpoint["state_dict"])
+    # init.pth.tar: the starting weights in the same layout (the no-pretraining control), not a resume point
+    init = torch.load(tmp_path / "init.pth.tar", map_location="cpu", weights_only=True)
+    assert init["epoch"] == 0 and init["state_dict"].keys() == checkpoint["state_dict"].keys()
+    key = "module.encoder.layer1.0.conv1.weight"
+    assert not torch.equal(init["state_dict"][key], checkpoint["state_dict"][key])
+    assert init["state_dict"]["module.encoder.layer1.0.bn2.weight"].abs().max() == 0  # zero_init_residual
 
 
 def test_resume_gives_the_same_weights_as_training_straight(shapes_root, tmp_path):

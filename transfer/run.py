@@ -52,6 +52,7 @@ class TransferOptions:
     ims_per_device: int | None = None
     results: str | None = None           # results database (default: OUTPUT_DIR/results.db)
     tags: list[str] = field(default_factory=list)
+    name: str | None = None              # the checkpoint's row label in tables
     dist_url: str = "auto"
     quiet: bool = False                  # trial logs only to OUTPUT_DIR/trial<i>/log.txt
 
@@ -255,6 +256,7 @@ def run_transfer(options: TransferOptions) -> dict:
     run_config = write_run_config(cfg, output_dir)
 
     data = {"name": task_data_name(options.task), "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)}
+    checkpoint = {**ckpt.record(), **({"name": options.name} if options.name else {})}
     settings = run_settings(options, config_file, cfg, devices, scaling, output_dir)
     db_path = resolve_db_path(options.results, output_dir)
     timings: dict[int, tuple[float, float]] = {}
@@ -265,7 +267,7 @@ def run_transfer(options: TransferOptions) -> dict:
 
     def publish(trial: Trial, metrics: dict) -> None:
         t0, seconds = timings.get(trial.index, (trial.results_file.stat().st_mtime, 0.0))
-        record = build_record("transfer", metrics, ckpt.record(), data, settings, t0, seconds,
+        record = build_record("transfer", metrics, checkpoint, data, settings, t0, seconds,
                               seed=trial.seed, trial=trial.index, tags=options.tags)
         publish_record(record, trial.record_file, db_path)
 
@@ -274,7 +276,7 @@ def run_transfer(options: TransferOptions) -> dict:
     print(f"\n{settings['model']} on {data['name']}, {len(trials)} trial(s), mean ± sample std:")
     print(format_summary(summary))
     ids = [json.loads(t.record_file.read_text())["id"] for t in trials]
-    record = build_record("transfer-aggregate", aggregate_metrics(summary), ckpt.record(), data,
+    record = build_record("transfer-aggregate", aggregate_metrics(summary), checkpoint, data,
                           {**settings, "trials": len(trials), "seeds": [t.seed for t in trials], "trial_records": ids},
                           started, time.time() - started, tags=options.tags)
     record["id"] = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:32]  # the same trials: stored once

@@ -28,6 +28,7 @@ def add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="folder of the run's outputs (and of results.db by default)")
     parser.add_argument("--output", metavar="FILE.json", help="where to write the JSON record")
     add_results_argument(parser)
+    parser.add_argument("--name", help="the checkpoint's row label in tables (default: its file name)")
     parser.add_argument("--tag", dest="tags", action="append", help="tag the record (repeatable)")
     parser.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                         help="no progress bars")
@@ -59,6 +60,8 @@ def publish(record: dict, cfg: Config, default_name: str) -> Path:
     """Write the record to its JSON file (``cfg.output``, else ``output_dir/default_name``) and append it
     to the results database; return the JSON path."""
     record["tags"] = list(cfg.get("tags") or [])
+    if cfg.get("name"):
+        record["checkpoint"]["name"] = cfg.name
     json_path = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / default_name
     publish_record(record, json_path, resolve_db_path(cfg.results or None, cfg.output_dir))
     return json_path

@@ -1,7 +1,8 @@
 """``simsiam-eval demo [--output-dir DIR]``: the whole toolkit end to end on CPU in a few minutes.
 
 Shapes data -> SimSiam pretraining (kNN monitor) -> kNN and cached linear probe of the checkpoint and
-of a random-init baseline, evaluated the same way -> Detectron2 conversion -> a short detection
+of two baselines evaluated the same way (the run's own initial weights, the controlled "no pretraining"
+comparison, and torchvision's default random init) -> Detectron2 conversion -> a short detection
 fine-tune when Detectron2 is installed -> comparison table and plots. A re-run reuses what is done.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 PRETRAIN_PRESET = "pretrain/shapes_cpu"
 LINEAR_TRIALS = 3
+PRETRAINED_NAME = "SimSiam (demo)"
 # The cached linear probe with plain SGD: on a 1200-image training set LARS at batch 4096 takes one
 # step per epoch, and SGD's ImageNet lr of 30 diverges on randomly initialised features.
 LINEAR_SETTINGS = ["mode=cached", "optimizer=sgd", "base_lr=0.1", "batch_size=256", "epochs=100"]
@@ -23,8 +25,8 @@ def register(subparsers) -> None:
         "demo", help="end-to-end demo on CPU: pretrain, evaluate, convert, fine-tune, table, plots",
         description="Run the toolkit end to end on the synthetic shapes data (generated, no download; "
                     "a few minutes on 2 CPU cores): pretrain SimSiam with the kNN monitor, evaluate "
-                    "the checkpoint and a random-init baseline the same way (weighted kNN, cached linear "
-                    f"probe x {LINEAR_TRIALS} seeds), convert the checkpoint to Detectron2, fine-tune a "
+                    "the checkpoint, its own initial weights (no pretraining) and a torchvision random init the "
+                    f"same way (weighted kNN, cached linear probe x {LINEAR_TRIALS} seeds), convert the checkpoint to Detectron2, fine-tune a "
                     "detector for a few iterations if Detectron2 is installed, then print the comparison "
                     "table and write plots. Re-running reuses finished steps.")
     parser.add_argument("--output-dir", default="runs/demo", metavar="DIR",
@@ -106,15 +108,16 @@ def _publish_once(json_path: Path, db: Path, evaluate, name: str, epochs: int | 
     return record
 
 
-def evaluate_step(out: Path, data: str, checkpoint: str, name: str, epochs: int | None, pre_cfg,
-                  progress: bool) -> list[dict]:
-    """Weighted kNN (the monitor's k and T) and the cached linear probe over several seeds."""
+def evaluate_step(out: Path, data: str, checkpoint: str, name: str, epochs: int | None, folder_name: str,
+                  pre_cfg, progress: bool) -> list[dict]:
+    """Weighted kNN (the monitor's k and T) and the cached linear probe over several seeds, recorded
+    under ``eval/<folder_name>``."""
     from simsiam_eval.distributed import cleanup, init_distributed
     from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
     from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
 
     db = out / "results.db"
-    folder = out / "eval" / (Path(checkpoint).name.split(".")[0] if epochs else "random-init")
+    folder = out / "eval" / folder_name
     size = pre_cfg.knn.image_size or pre_cfg.data.image_size
     info = init_distributed("cpu")
     records = []
@@ -188,7 +191,7 @@ def detection_task(arch: str, stem: str, width: int) -> tuple[str, list[str]] | 
                                      "MODEL.RESNETS.RES2_OUT_CHANNELS", str(width)]
 
 
-def detection_step(out: Path, checkpoint: Path) -> str:
+def detection_step(out: Path, checkpoint: Path, name: str) -> str:
     """A few iterations of Faster R-CNN on the shapes VOC split (``simsiam-eval transfer`` with the smoke
     config that fits the checkpoint), recorded like any transfer trial; skipped with the reason when it
     cannot run here."""
@@ -212,7 +215,7 @@ def detection_step(out: Path, checkpoint: Path) -> str:
     print(f"config: {config} {' '.join(overrides)}".rstrip())
     options = TransferOptions(checkpoint=str(checkpoint), task=config, trials=1, opts=overrides,
                               output_dir=str(out / "transfer"), data_root=str(out / "data"),
-                              results=str(out / "results.db"), tags=["demo"], quiet=True)
+                              results=str(out / "results.db"), tags=["demo"], name=name, quiet=True)
     try:
         run_transfer(options)
     except UserError as exc:
@@ -230,7 +233,7 @@ def summary(out: Path, steps: Steps, written: list[Path], plots: list[Path], det
         f"{'=' * 20} simsiam-eval demo: done in {steps.total / 60:.1f} min {'=' * 20}",
         f"data           {out / 'data' / 'shapes'}  (ImageFolder train/val; voc/ and coco/ detection splits)",
         f"pretraining    {out / 'pretrain'}  (checkpoint_*.pth.tar, metrics.jsonl, tensorboard/)",
-        f"evaluations    {out / 'eval'}/{{checkpoint_*,random-init}}  (knn.json, linear-seed*/linear.json)",
+        f"evaluations    {out / 'eval'}/{{checkpoint_*,init,random-init}}  (knn.json, linear-seed*/linear.json)",
         f"results store  {out / 'results.db'}  ->  simsiam-eval table {out / 'results.db'}",
         f"detection      {detection}",
         f"tables         {tables}  (+ .tex .csv .html)",
@@ -240,32 +243,40 @@ def summary(out: Path, steps: Steps, written: list[Path], plots: list[Path], det
 
 
 def run(args: argparse.Namespace) -> int:
+    from pretrain.checkpointing import INIT_NAME
     from simsiam_eval.data.specs import prepare_dataset
 
     out = Path(args.output_dir)
     data = f"shapes:{out / 'data' / 'shapes'}"
     steps = Steps()
-    steps.run("1/7 data: synthetic shapes (generated once, no download)", prepare_dataset, f"{data}@train")
-    checkpoint, pre_cfg = steps.run(f"2/7 pretrain: SimSiam with the {PRETRAIN_PRESET} preset and its kNN monitor",
+    steps.run("1/8 data: synthetic shapes (generated once, no download)", prepare_dataset, f"{data}@train")
+    checkpoint, pre_cfg = steps.run(f"2/8 pretrain: SimSiam with the {PRETRAIN_PRESET} preset and its kNN monitor",
                                     pretrain_step, out, data, args.epochs, args.progress)
-    steps.run(f"3/7 evaluate: {checkpoint.name} (kNN + cached linear probe x {LINEAR_TRIALS} seeds)",
-              evaluate_step, out, data, str(checkpoint), "SimSiam (demo)", pre_cfg.epochs, pre_cfg, args.progress)
+    name = checkpoint.name.split(".")[0]
+    steps.run(f"3/8 evaluate: {name} (kNN + cached linear probe x {LINEAR_TRIALS} seeds)", evaluate_step, out,
+              data, str(checkpoint), PRETRAINED_NAME, pre_cfg.epochs, name, pre_cfg, args.progress)
+    init = checkpoint.parent / INIT_NAME
+    if init.is_file():
+        steps.run(f"4/8 evaluate: {INIT_NAME}, the same network before pretraining, the same way", evaluate_step,
+                  out, data, str(init), "SimSiam init (no pretraining)", 0, "init", pre_cfg, args.progress)
+    else:  # pretrained by an older version that did not keep the initial weights
+        print(f"\n=== 4/8 skipped: {init} is missing (pretraining started elsewhere) ===")
     baseline = random_baseline(pre_cfg.model)
-    steps.run(f"4/7 evaluate: {baseline} baseline, the same way", evaluate_step, out, data, baseline,
-              "random init", None, pre_cfg, args.progress)
+    steps.run(f"5/8 evaluate: {baseline} (torchvision's default init), the same way", evaluate_step, out, data,
+              baseline, "random init (torchvision)", None, "random-init", pre_cfg, args.progress)
     if args.skip_detection:
         detection = "skipped (--skip-detection)"
     else:
-        weights, converted = steps.run("5/7 convert: checkpoint -> Detectron2 (verified)", convert_step, out,
+        weights, converted = steps.run("6/8 convert: checkpoint -> Detectron2 (verified)", convert_step, out,
                                        checkpoint)
         if weights is None:
             detection = (f"skipped: {converted} (smoke detection configs: "
                          f"{', '.join(sorted(set(DETECTION_CONFIGS.values())))})")
         else:
             detection = f"weights {converted}; " + steps.run(
-                "6/7 detection: short Faster R-CNN fine-tune on the shapes detection split",
-                detection_step, out, checkpoint)
-    written = steps.run("7/7 comparison table and plots", table_step, out)
+                "7/8 detection: short Faster R-CNN fine-tune on the shapes detection split",
+                detection_step, out, checkpoint, PRETRAINED_NAME)
+    written = steps.run("8/8 comparison table and plots", table_step, out)
     plots = plots_step(out)
     print("\n" + summary(out, steps, written, plots, detection))
     return 0

@@ -43,6 +43,7 @@ def register(subparsers) -> None:
     parser.add_argument("--output-dir", metavar="DIR",
                         help="run folder (default runs/transfer/<data>/<checkpoint>-<sha256 prefix>)")
     parser.add_argument("--results", metavar="DB", help="results database (default: results.db in the run folder)")
+    parser.add_argument("--name", help="the checkpoint's row label in tables (default: its file name)")
     parser.add_argument("--tag", dest="tags", action="append", default=[], metavar="TAG", help="tag the records (repeatable)")
     parser.add_argument("--dist-url", default="auto", help="torch.distributed init URL for N > 1 (default: a free port)")
     parser.add_argument("--quiet", action="store_true",
@@ -59,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
     run_transfer(TransferOptions(
         checkpoint=args.checkpoint, task=args.task, trials=args.trials, num_gpus=args.num_gpus,
         output_dir=args.output_dir, opts=list(args.opts), checkpoint_format=args.format, data_root=args.data_root,
-        seed=args.seed, ims_per_device=args.ims_per_device, results=args.results, tags=args.tags,
+        seed=args.seed, ims_per_device=args.ims_per_device, results=args.results, tags=args.tags, name=args.name,
         dist_url=args.dist_url, quiet=args.quiet))
     return 0
