@@ -5,6 +5,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from simsiam_eval.atomic import atomic_path
@@ -42,6 +43,17 @@ def detectron2_metadata(ckpt: CanonicalCheckpoint) -> dict:
     return {"arch": ckpt.arch, "stem": ckpt.stem, "width": ckpt.width}
 
 
+class PortablePickler(pickle.Pickler):
+    """Pickles numpy arrays as ``numpy.ndarray(shape, dtype, bytearray)``: loadable by numpy 1.x and 2.x
+    alike (numpy 2's default reduction names ``numpy._core``, which numpy 1.x lacks), and writable once
+    loaded (``torch.from_numpy`` warns on read-only arrays)."""
+
+    def reducer_override(self, obj):
+        if type(obj) is np.ndarray:
+            return np.ndarray, (obj.shape, obj.dtype.str, bytearray(np.ascontiguousarray(obj).tobytes()))
+        return NotImplemented
+
+
 def write_detectron2(ckpt: CanonicalCheckpoint, path: str | os.PathLike) -> list[str]:
     """A pickle ``{'model': {name: ndarray}, '__author__', 'matching_heuristics': True, 'arch', 'stem', 'width'}``
     (pickle, not torch.save). The CIFAR stem is for BasicBlock ResNets (Detectron2 side: ``transfer.backbone``)."""
@@ -50,8 +62,8 @@ def write_detectron2(ckpt: CanonicalCheckpoint, path: str | os.PathLike) -> list
                         f"(the CIFAR stem converts for resnet18/34 only)")
     model = detectron2_model(ckpt)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump({"model": model, "__author__": AUTHOR, "matching_heuristics": True,
-                     **detectron2_metadata(ckpt)}, f)
+        PortablePickler(f, protocol=4).dump({"model": model, "__author__": AUTHOR, "matching_heuristics": True,
+                                             **detectron2_metadata(ckpt)})
     return list(model)
 
 
