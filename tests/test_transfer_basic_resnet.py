@@ -15,7 +15,6 @@ import torch
 from pretrain.backbones import build_resnet
 from simsiam_eval.checkpoints.convert import convert_checkpoint
 from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision
-from simsiam_eval.data.shapes import CLASSES, ShapesSettings, write_shapes_dataset
 from simsiam_eval.errors import UserError
 from transfer.configs import config_dir
 
@@ -145,17 +144,6 @@ def test_checkpoint_that_does_not_fit_the_config_is_refused(tmp_path):
     with pytest.raises(UserError, match="holds a resnet34"):
         check_backbone_fits(cfg, read_checkpoint("random:resnet34:cifar:16"), "r34")
     assert model_name(cfg) == "Faster R-CNN R18-C4 (cifar stem, width 16)"
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """Shapes detection data (8 train / 3 val scenes of 96 px) under DATA/shapes."""
-    root = tmp_path_factory.mktemp("d2data")
-    settings = ShapesSettings(train_per_class=1, val_per_class=1, image_size=16,
-                              detection_train=8, detection_val=3, detection_size=96)
-    write_shapes_dataset(root / "shapes", settings)
-    (root / "shapes" / "voc" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    return root
 
 
 @pytest.mark.slow

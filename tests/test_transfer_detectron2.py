@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simsiam_eval.data.shapes import CLASSES, ShapesSettings, write_shapes_dataset
+from simsiam_eval.data.shapes import CLASSES
 from transfer.configs import config_dir, config_value, read_config_tree
 from transfer.trials import flatten_results
 
@@ -28,18 +28,6 @@ SMOKE_VOC = "smoke/faster_rcnn_shapes_voc.yaml"
 SMOKE_COCO = "smoke/mask_rcnn_shapes_coco.yaml"
 SHORT = ["SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)", "SOLVER.CHECKPOINT_PERIOD", "2"]
 HEADS = ("proposal_generator.", "roi_heads.box_predictor.", "roi_heads.mask_head.", "roi_heads.res5.norm.")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """Shapes detection data (8 train / 3 val scenes of 96 px) under DATA/shapes, VOC and COCO layouts."""
-    root = tmp_path_factory.mktemp("d2data")
-    settings = ShapesSettings(train_per_class=1, val_per_class=1, image_size=16,
-                              detection_train=8, detection_val=3, detection_size=96)
-    write_shapes_dataset(root / "shapes", settings)
-    # so few scenes may lack a class: the VOC folder declares its classes (transfer/datasets.py)
-    (root / "shapes" / "voc" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    return root
 
 
 @pytest.fixture
