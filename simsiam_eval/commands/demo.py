@@ -204,7 +204,7 @@ def detection_step(out: Path, checkpoint: Path, name: str) -> str:
         require_detectron2()
     except UserError as exc:
         print(f"skipped: {exc}")
-        return f"skipped: Detectron2 is not installed ({exc})"
+        return f"skipped: {exc}"
     ckpt = read_checkpoint(checkpoint)
     task = detection_task(ckpt.arch, ckpt.stem, ckpt.width)
     if task is None:
