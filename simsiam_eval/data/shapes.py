@@ -1,10 +1,11 @@
-"""A deterministic synthetic data set: coloured shapes on textured backgrounds.
+"""A deterministic synthetic data set of shapes.
 
-Classification: ``DIR/{train,val}/<shape>/<n>.png`` (ImageFolder layout, one shape per image).
-Detection: the same kind of scenes with several shapes, boxes and masks, written both as
-``DIR/voc`` (Pascal VOC: JPEGImages, Annotations xml, ImageSets/Main, SegmentationObject,
-classes.txt) and
-``DIR/coco`` (images/<split>/ + annotations/instances_<split>.json with polygon masks).
+Classification: ``DIR/{train,val}/<shape>/<n>.png`` (ImageFolder layout, one upright shape per image,
+random size and position, one colour on grey).
+Detection: scenes of several coloured, rotated shapes on textured backgrounds, with boxes and masks,
+written both as ``DIR/voc`` (Pascal VOC: JPEGImages, Annotations xml, ImageSets/Main,
+SegmentationObject, classes.txt) and ``DIR/coco`` (images/<split>/ +
+annotations/instances_<split>.json with polygon masks).
 Every image depends only on (seed, split, index), so the data set is the same on every machine.
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ from simsiam_eval.errors import UserError
 CLASSES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 _SPLIT_CODE = {"train": 1, "val": 2}
 MARKER = "SHAPES_DATASET.json"
+SHAPE_COLOUR = (220, 200, 60)   # classification images: one colour on one background
+BACKGROUND_GREY = 110.0
 
 
 @dataclass(frozen=True)
@@ -86,16 +89,21 @@ def _colour(rng: np.random.Generator, avoid: tuple[int, int, int] | None = None)
 
 
 def render_classification(index: int, split: str, settings: ShapesSettings) -> tuple[Image.Image, int]:
-    """Image ``index`` of a split: one large shape near the centre whose kind is the label."""
+    """Image ``index`` of a split: one upright shape, whose kind is the label, of random size and position.
+
+    Every image has the same two colours (``SHAPE_COLOUR`` on a faintly noisy ``BACKGROUND_GREY``):
+    colour differences between images are what SimSiam matches first (the recipe's colour jitter does
+    not hide them), which tells images apart but not classes. Here two crops of an image share only
+    the shape, while size and position - what random features are most sensitive to - vary widely.
+    """
     rng = np.random.default_rng([settings.seed, _SPLIT_CODE[split], 0, index])
     label = index % len(CLASSES)
     size = settings.image_size
-    image = _background(rng, size)
-    radius = rng.uniform(0.3, 0.42) * size
-    cx, cy = size / 2 + rng.uniform(-0.08, 0.08, size=2) * size
-    polygon = shape_polygon(CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi))
-    background = image.getpixel((int(cx), int(cy)))
-    ImageDraw.Draw(image).polygon(polygon, fill=_colour(rng, avoid=background))
+    noise = rng.normal(0, 4, size=(size, size, 3))
+    image = Image.fromarray(np.clip(BACKGROUND_GREY + noise, 0, 255).astype(np.uint8))
+    radius = rng.uniform(0.1, 0.42) * size
+    cx, cy = rng.uniform(radius, size - radius, size=2)
+    ImageDraw.Draw(image).polygon(shape_polygon(CLASSES[label], cx, cy, radius, 0.0), fill=SHAPE_COLOUR)
     return image, label
 
 
