@@ -9,6 +9,7 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn as nn
+from moco_reference import moco_detectron2_rename
 from torchvision import models
 
 from pretrain.backbones import build_resnet
@@ -186,19 +187,6 @@ def make_torchvision(path):
     net = shuffle_weights(models.resnet18())
     torch.save(net.state_dict(), path)
     return backbone_of(net)
-
-
-def moco_detectron2_rename(k: str) -> str:
-    """MoCo's detection/convert-pretrain-to-detectron2.py loop body, verbatim."""
-    if "layer" not in k:
-        k = "stem." + k
-    for t in [1, 2, 3, 4]:
-        k = k.replace("layer{}".format(t), "res{}".format(t + 1))
-    for t in [1, 2, 3]:
-        k = k.replace("bn{}".format(t), "conv{}.norm".format(t))
-    k = k.replace("downsample.0", "shortcut")
-    k = k.replace("downsample.1", "shortcut.norm")
-    return k
 
 
 def make_detectron2(path):

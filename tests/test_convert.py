@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from moco_reference import moco_detectron2_rename
 from safetensors.torch import load_file
 from torchvision import models
 
@@ -28,18 +29,7 @@ PIXEL_MEAN, PIXEL_STD = [123.675, 116.280, 103.530], [58.395, 57.120, 57.375]
 
 def moco_rules(state: dict) -> set[str]:
     """MoCo's detection/convert-pretrain-to-detectron2.py, applied to a torchvision backbone's keys."""
-    names = set()
-    for k in state:
-        if "layer" not in k:
-            k = "stem." + k
-        for t in [1, 2, 3, 4]:
-            k = k.replace("layer{}".format(t), "res{}".format(t + 1))
-        for t in [1, 2, 3]:
-            k = k.replace("bn{}".format(t), "conv{}.norm".format(t))
-        k = k.replace("downsample.0", "shortcut")
-        k = k.replace("downsample.1", "shortcut.norm")
-        names.add(k)
-    return names
+    return {moco_detectron2_rename(k) for k in state}
 
 
 def random_backbone(arch: str = "resnet50") -> dict[str, torch.Tensor]:
