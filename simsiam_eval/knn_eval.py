@@ -102,4 +102,5 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
                 "backend": result.backend, "feature_dim": int(train.features.shape[1]), "transform": repr(transform),
                 "per_k": {str(k): m for k, m in result.metrics.items()},
                 "timings": {k: round(v, 3) for k, v in seconds.items()}}
-    return build_record("knn", flat_metrics(result), checkpoint, data, settings, started, time.perf_counter() - clock)
+    return build_record("knn", flat_metrics(result), checkpoint, data, settings, started, time.perf_counter() - clock,
+                        tags=cfg.tags, name=cfg.name or None)

@@ -224,4 +224,4 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
     data = {"train": cfg.train, "val": cfg.val, **{k: sizes[k] for k in ("num_train", "num_val", "num_classes")}}
     protocol = "linear" if cfg.mode == "protocol" else "linear-cached"
     return build_record(protocol, metrics, checkpoint, data, settings, started, time.perf_counter() - clock,
-                        seed=cfg.seed)
+                        seed=cfg.seed, tags=cfg.tags, name=cfg.name or None)

@@ -14,12 +14,12 @@ def test_evaluations_are_recorded_once(tmp_path):
 
     def evaluate():
         calls.append(1)
-        return build_record("knn", {"top1": 42.0}, {"path": "x.pth.tar", "sha256": "0" * 64}, {"val": "shapes:d@val"},
-                            {}, 0.0, 1.0)
+        return build_record("knn", {"top1": 42.0}, {"path": "x.pth.tar", "sha256": "0" * 64, "epochs": 5},
+                            {"val": "shapes:d@val"}, {}, 0.0, 1.0, tags=["demo"], name="SimSiam (demo)")
 
     db, json_path = tmp_path / "results.db", tmp_path / "eval" / "knn.json"
-    first = _publish_once(json_path, db, evaluate, "SimSiam (demo)", 5, trial=2)
-    again = _publish_once(json_path, db, evaluate, "SimSiam (demo)", 5, trial=2)
+    first = _publish_once(json_path, db, evaluate, trial=2)
+    again = _publish_once(json_path, db, evaluate, trial=2)
     assert len(calls) == 1 and first == again
     stored = read_records(db)
     assert len(stored) == 1

@@ -132,6 +132,8 @@ def test_name_labels_the_record_in_tables(shapes_root, tmp_path):
     output = tmp_path / "knn.json"
     assert cli.main(["knn", "--checkpoint", TINY_BACKBONE, "--train", f"shapes:{shapes_root}@train", "--val",
                      f"shapes:{shapes_root}@val", "--image-size", "32", "--k", "5", "--workers", "0", "--no-progress",
-                     "--cache-dir", str(tmp_path / "cache"), "--output", str(output), "--name", "my baseline"]) == 0
+                     "--cache-dir", str(tmp_path / "cache"), "--output", str(output), "--name", "my baseline",
+                     "--tag", "baseline"]) == 0
     record = json.loads(output.read_text())
     assert record["checkpoint"]["name"] == "my baseline" and checkpoint_name(record) == "my baseline"
+    assert record["tags"] == ["baseline"]

@@ -256,7 +256,6 @@ def run_transfer(options: TransferOptions) -> dict:
     run_config = write_run_config(cfg, output_dir)
 
     data = {"name": task_data_name(options.task), "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)}
-    checkpoint = {**ckpt.record(), **({"name": options.name} if options.name else {})}
     settings = run_settings(options, config_file, cfg, devices, scaling, output_dir)
     db_path = resolve_db_path(options.results, output_dir)
     timings: dict[int, tuple[float, float]] = {}
@@ -267,8 +266,8 @@ def run_transfer(options: TransferOptions) -> dict:
 
     def publish(trial: Trial, metrics: dict) -> None:
         t0, seconds = timings.get(trial.index, (trial.results_file.stat().st_mtime, 0.0))
-        record = build_record("transfer", metrics, checkpoint, data, settings, t0, seconds,
-                              seed=trial.seed, trial=trial.index, tags=options.tags)
+        record = build_record("transfer", metrics, ckpt.record(), data, settings, t0, seconds,
+                              seed=trial.seed, trial=trial.index, tags=options.tags, name=options.name)
         publish_record(record, trial.record_file, db_path)
 
     trials = plan_trials(output_dir, options.trials, options.seed)
@@ -276,9 +275,9 @@ def run_transfer(options: TransferOptions) -> dict:
     print(f"\n{settings['model']} on {data['name']}, {len(trials)} trial(s), mean ± sample std:")
     print(format_summary(summary))
     ids = [json.loads(t.record_file.read_text())["id"] for t in trials]
-    record = build_record("transfer-aggregate", aggregate_metrics(summary), checkpoint, data,
+    record = build_record("transfer-aggregate", aggregate_metrics(summary), ckpt.record(), data,
                           {**settings, "trials": len(trials), "seeds": [t.seed for t in trials], "trial_records": ids},
-                          started, time.time() - started, tags=options.tags)
+                          started, time.time() - started, tags=options.tags, name=options.name)
     record["id"] = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:32]  # the same trials: stored once
     publish_record(record, output_dir / "aggregate.json", db_path)
     print(f"records: {output_dir}/trial*/record.json, {output_dir / 'aggregate.json'}; database {db_path}")

@@ -59,9 +59,6 @@ def evaluation_config(args: argparse.Namespace, defaults: Mapping) -> tuple[Conf
 def publish(record: dict, cfg: Config, default_name: str) -> Path:
     """Write the record to its JSON file (``cfg.output``, else ``output_dir/default_name``) and append it
     to the results database; return the JSON path."""
-    record["tags"] = list(cfg.get("tags") or [])
-    if cfg.get("name"):
-        record["checkpoint"]["name"] = cfg.name
     json_path = Path(cfg.output) if cfg.output else Path(cfg.output_dir) / default_name
     publish_record(record, json_path, resolve_db_path(cfg.results or None, cfg.output_dir))
     return json_path

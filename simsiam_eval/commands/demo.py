@@ -92,8 +92,7 @@ def _evaluation_config(defaults: dict, out: Path, data: str, checkpoint: str, im
     return load_config(None, defaults, overrides)
 
 
-def _publish_once(json_path: Path, db: Path, evaluate, name: str, epochs: int | None,
-                  trial: int | None = None) -> dict:
+def _publish_once(json_path: Path, db: Path, evaluate, trial: int | None = None) -> dict:
     """Evaluate unless ``json_path`` holds the record already (its printout goes to ``*-log.txt`` beside
     it); (re-)publish the record either way (idempotent)."""
     from simsiam_eval.results.store import publish_record, read_json_records
@@ -104,16 +103,15 @@ def _publish_once(json_path: Path, db: Path, evaluate, name: str, epochs: int | 
         json_path.parent.mkdir(parents=True, exist_ok=True)
         with open(json_path.with_name(json_path.stem + "-log.txt"), "w") as log, contextlib.redirect_stdout(log):
             record = evaluate()  # its per-epoch lines go to the log, the demo prints the result
-        record["checkpoint"].update(name=name, epochs=epochs)
-        record.update(trial=trial, tags=["demo"])
+        record["trial"] = trial
     publish_record(record, json_path, db)
     return record
 
 
-def evaluate_step(out: Path, data: str, checkpoint: str, name: str, epochs: int | None, folder_name: str,
-                  pre_cfg, progress: bool) -> list[dict]:
+def evaluate_step(out: Path, data: str, checkpoint: str, name: str, folder_name: str, pre_cfg,
+                  progress: bool) -> list[dict]:
     """Weighted kNN (the monitor's k and T) and the cached linear probe over several seeds, recorded
-    under ``eval/<folder_name>``."""
+    under ``eval/<folder_name>`` with ``name`` as their table row (epochs come from the checkpoint)."""
     from simsiam_eval.distributed import cleanup, init_distributed
     from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
     from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
@@ -122,17 +120,18 @@ def evaluate_step(out: Path, data: str, checkpoint: str, name: str, epochs: int 
     folder = out / "eval" / folder_name
     size = pre_cfg.knn.image_size or pre_cfg.data.image_size
     info = init_distributed("cpu")
+    labels = [f"name={name}", "tags=[demo]"]
     records = []
     try:
         knn_cfg = _evaluation_config(KNN_DEFAULTS, out, data, checkpoint, size, progress,
-                                     [f"k=[{pre_cfg.knn.k}]", f"temperature={pre_cfg.knn.temperature}"])
-        records.append(_publish_once(folder / "knn.json", db, lambda: run_knn(knn_cfg, info), name, epochs))
+                                     [f"k=[{pre_cfg.knn.k}]", f"temperature={pre_cfg.knn.temperature}", *labels])
+        records.append(_publish_once(folder / "knn.json", db, lambda: run_knn(knn_cfg, info)))
         for seed in range(LINEAR_TRIALS):
             run_dir = folder / f"linear-seed{seed}"
             lin_cfg = _evaluation_config(LINEAR_DEFAULTS, out, data, checkpoint, size, False,
-                                         [*LINEAR_SETTINGS, f"seed={seed}", f"output_dir={run_dir}"])
+                                         [*LINEAR_SETTINGS, f"seed={seed}", f"output_dir={run_dir}", *labels])
             records.append(_publish_once(run_dir / "linear.json", db, lambda: run_linear(lin_cfg, info),
-                                         name, epochs, trial=seed))
+                                         trial=seed))
     finally:
         cleanup()
     for rec in records:
@@ -256,16 +255,16 @@ def run(args: argparse.Namespace) -> int:
                                     pretrain_step, out, data, args.epochs, args.progress)
     name = checkpoint.name.split(".")[0]
     steps.run(f"3/8 evaluate: {name} (kNN + cached linear probe x {LINEAR_TRIALS} seeds)", evaluate_step, out,
-              data, str(checkpoint), PRETRAINED_NAME, pre_cfg.epochs, name, pre_cfg, args.progress)
+              data, str(checkpoint), PRETRAINED_NAME, name, pre_cfg, args.progress)
     init = checkpoint.parent / INIT_NAME
     if init.is_file():
         steps.run(f"4/8 evaluate: {INIT_NAME}, the same network before pretraining, the same way", evaluate_step,
-                  out, data, str(init), "SimSiam init (no pretraining)", 0, "init", pre_cfg, args.progress)
+                  out, data, str(init), "SimSiam init (no pretraining)", "init", pre_cfg, args.progress)
     else:  # pretrained by an older version that did not keep the initial weights
         print(f"\n=== 4/8 skipped: {init} is missing (pretraining started elsewhere) ===")
     baseline = random_baseline(pre_cfg.model)
     steps.run(f"5/8 evaluate: {baseline} (torchvision's default init), the same way", evaluate_step, out, data,
-              baseline, "random init (torchvision)", None, "random-init", pre_cfg, args.progress)
+              baseline, "random init (torchvision)", "random-init", pre_cfg, args.progress)
     if args.skip_detection:
         detection = "skipped (--skip-detection)"
     else:

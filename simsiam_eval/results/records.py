@@ -29,12 +29,13 @@ _CHECKPOINT_SUFFIXES = (".pth.tar", ".pth", ".pt", ".pkl", ".safetensors", ".bin
 def build_record(protocol: str, metrics: Mapping[str, float], checkpoint: Mapping[str, Any],
                  data: Mapping[str, Any], settings: Mapping[str, Any], started: float, seconds: float,
                  seed: int | None = None, trial: int | None = None,
-                 tags: Sequence[str] = ()) -> dict:
-    """A complete record; ``started`` is a POSIX timestamp, ``seconds`` the wall time."""
+                 tags: Sequence[str] = (), name: str | None = None) -> dict:
+    """A complete record; ``started`` is a POSIX timestamp, ``seconds`` the wall time; ``name`` labels
+    the checkpoint's row in tables (``checkpoint.name``)."""
     return {
         "protocol": protocol,
         "metrics": {k: float(v) for k, v in metrics.items()},
-        "checkpoint": dict(checkpoint),
+        "checkpoint": {**checkpoint, "name": name} if name else dict(checkpoint),
         "data": dict(data),
         "settings": dict(settings),
         "seed": seed,
