@@ -55,6 +55,6 @@ PRETRAIN_DEFAULTS = {
         "val": "",               # dataset spec of the kNN queries
         "k": 200,
         "temperature": 0.1,
-        "image_size": 0,         # 0: data.image_size
+        "image_size": 0,         # 0: native size of knn.train's images (CIFAR 32, used as they are); 224 for folders
     },
 }

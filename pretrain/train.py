@@ -131,8 +131,7 @@ def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, 
     from simsiam_eval.knn_monitor import run_knn_monitor as knn_monitor
 
     inner = model.module if isinstance(model, DistributedDataParallel) else model
-    image_size = cfg.knn.image_size or cfg.data.image_size
-    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, image_size)
+    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, cfg.knn.image_size)
 
 
 def _warn_if_collapsed(info: DistInfo, std: float, cfg: Config, batch: int) -> None:

@@ -28,7 +28,8 @@ from simsiam_eval.errors import UserError
 PRESETS = {
     "instdisc": {"k": [200], "temperature": 0.1},       # InstDisc, MoCo colab, lightly, VISSL
     "simsiam-cifar": {"k": [200], "temperature": 0.2},  # official SimSiam CIFAR monitor (issue 10)
-    "dino": {"k": [20, 10, 100, 200], "temperature": 0.07},  # DINO eval_knn; 20-NN first = headline
+    # DINO eval_knn: 20-NN first = headline; Resize(256, bicubic) + CenterCrop(224) before the features
+    "dino": {"k": [20, 10, 100, 200], "temperature": 0.07, "interpolation": "bicubic"},
 }
 WEIGHTINGS = ("exp", "uniform")
 BACKENDS = ("auto", "faiss", "torch")

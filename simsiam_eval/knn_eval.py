@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 
 from simsiam_eval.config import Config
-from simsiam_eval.data.transforms import eval_transform
+from simsiam_eval.data.sizes import evaluation_size, print_upsampling_note
+from simsiam_eval.data.transforms import INTERPOLATIONS, eval_transform, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features,
@@ -23,8 +24,9 @@ KNN_DEFAULTS = {
     "temperature": 0.1,
     "weighting": "exp",          # exp (exp(sim/T) per neighbour) | uniform (one vote per neighbour)
     "backend": "auto",           # auto (faiss if installed) | faiss | torch
-    "image_size": 224,           # eval transform: Resize(image_size*256/224) + CenterCrop(image_size)
-    "resize": 0,                 # 0: image_size * 256 / 224
+    "image_size": 0,             # 0: the data's native size (CIFAR 32, MNIST 28, shapes as generated), 224 for folders
+    "resize": 0,                 # 0: image_size * 256 / 224 (images already image_size square are kept as they are)
+    "interpolation": "bilinear", # bilinear (main_lincls) | bicubic (DINO eval_knn; the dino preset)
     "batch_size": 256,
     "workers": 8,
     "device": "auto",
@@ -61,6 +63,8 @@ def check_knn_config(cfg: Config) -> None:
         raise UserError(f"unknown weighting '{cfg.weighting}' (choose from {', '.join(WEIGHTINGS)})")
     if cfg.backend not in BACKENDS:
         raise UserError(f"unknown backend '{cfg.backend}' (choose from {', '.join(BACKENDS)})")
+    if cfg.interpolation not in INTERPOLATIONS:
+        raise UserError(f"unknown interpolation '{cfg.interpolation}' (choose from {', '.join(INTERPOLATIONS)})")
     ks = cfg.k if isinstance(cfg.k, list) else [cfg.k]
     if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in ks):
         raise UserError(f"k must be one or more positive integers, got {cfg.k!r}")
@@ -89,7 +93,10 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     check_knn_config(cfg)
     started, clock = time.time(), time.perf_counter()
     ks = cfg.k if isinstance(cfg.k, list) else [cfg.k]
-    transform = eval_transform(cfg.image_size, cfg.resize or None)
+    image_size = evaluation_size(cfg.image_size, cfg.train)
+    if info.is_main:
+        print_upsampling_note(cfg.train, image_size)
+    transform = eval_transform(image_size, cfg.resize or None, cfg.interpolation)
     checkpoint, sets, seconds = checkpoint_features(cfg, info, transform)
     train, val = sets["train"], sets["val"]
     result = knn_classify(train.features, train.labels, val.features, val.labels, ks=ks,
@@ -99,7 +106,8 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     data = {"train": cfg.train, "val": cfg.val, "num_train": len(train), "num_val": len(val),
             "num_classes": len(train.classes)}
     settings = {"k": ks, "temperature": cfg.temperature, "weighting": cfg.weighting, "preset": cfg.preset or None,
-                "backend": result.backend, "feature_dim": int(train.features.shape[1]), "transform": repr(transform),
+                "backend": result.backend, "feature_dim": int(train.features.shape[1]), "image_size": image_size,
+                "transform": repr(transform), "normalization": normalization_settings(),
                 "per_k": {str(k): m for k, m in result.metrics.items()},
                 "timings": {k: round(v, 3) for k, v in seconds.items()}}
     return build_record("knn", flat_metrics(result), checkpoint, data, settings, started, time.perf_counter() - clock,

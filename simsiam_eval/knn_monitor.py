@@ -1,7 +1,9 @@
 """kNN accuracy of an encoder in the middle of pretraining (same extractor and vote as ``knn``).
 
 Nothing is cached on disk: the weights change every epoch. The opened data sets are kept in memory
-between calls, so each call only pays for the forward passes.
+between calls, so each call only pays for the forward passes. ``image_size`` 0 evaluates at the
+native size of the ``train`` (bank) images, which are then used as they are (no resize, no crop),
+as in MoCo's CIFAR kNN monitor.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from simsiam_eval.data.sizes import evaluation_size, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.transforms import eval_transform
 from simsiam_eval.errors import UserError
-from simsiam_eval.features import check_same_classes, dataset_features
+from simsiam_eval.features import check_same_classes, dataset_features, world
 from simsiam_eval.knn import knn_classify
 
 
@@ -25,11 +28,21 @@ def _open(spec: str, image_size: int) -> Dataset:
     return open_dataset(prepare_dataset(spec), eval_transform(image_size))
 
 
+@lru_cache(maxsize=4)
+def _resolve_size(spec: str, requested: int) -> int:
+    """The evaluation size of the monitor's bank ``spec`` (said once when it upsamples)."""
+    size = evaluation_size(requested, spec)
+    if world()[0] == 0:
+        print_upsampling_note(spec, size)
+    return size
+
+
 def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device, image_size: int,
                     batch_size: int = 256, workers: int | None = None) -> dict[str, float]:
     """``{"knn_top1", "knn_top5"}`` (percent) of ``backbone``'s pool5 features, first k of ``knn_cfg.k``.
 
-    ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature). The
+    ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature);
+    ``image_size`` 0 means the native size of ``knn_cfg.train``'s images (224 for a folder). The
     backbone is switched to eval mode and every submodule gets its mode back afterwards. Call it on
     every process under torchrun: extraction is split across processes and gathered.
     """
@@ -37,6 +50,7 @@ def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device,
         raise UserError("the kNN monitor needs knn.train and knn.val dataset specs")
     ks = knn_cfg["k"] if isinstance(knn_cfg["k"], (list, tuple)) else [knn_cfg["k"]]
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    image_size = _resolve_size(knn_cfg["train"], image_size)
     sets = {}
     for split in ("train", "val"):
         spec = knn_cfg[split]

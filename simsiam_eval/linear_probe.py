@@ -16,8 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from simsiam_eval.config import Config
+from simsiam_eval.data.sizes import evaluation_size, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
-from simsiam_eval.data.transforms import eval_transform, linear_train_transform
+from simsiam_eval.data.transforms import eval_transform, linear_train_transform, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone, pool5
@@ -46,8 +47,8 @@ LINEAR_DEFAULTS = {
         "exclude_1d": False,     # True: biases (1-d) get neither adaptation nor weight decay (DINO style)
         "eps": 1.0e-8,
     },
-    "image_size": 224,
-    "resize": 0,                 # 0: image_size * 256 / 224
+    "image_size": 0,             # 0: the data's native size (CIFAR 32, MNIST 28, shapes as generated), 224 for folders
+    "resize": 0,                 # 0: image_size * 256 / 224 (images already image_size square are kept as they are)
     "eval_batch_size": 256,      # images per batch for validation and feature extraction
     "workers": 8,
     "device": "auto",
@@ -185,6 +186,9 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
     """Train (or resume) the linear probe of ``cfg.checkpoint``; return its record."""
     check_linear_config(cfg)
     started, clock = time.time(), time.perf_counter()
+    cfg = Config({**cfg, "image_size": evaluation_size(cfg.image_size, cfg.train)})
+    if info.is_main:
+        print_upsampling_note(cfg.train, cfg.image_size)
     checkpoint, backbone, model_id = load_frozen_backbone(cfg.checkpoint, cfg.format, cfg.arch or None, info.device)
     before = _snapshot(backbone) if cfg.mode == "protocol" else None
     if cfg.mode == "cached":
@@ -209,6 +213,7 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
                 "batch_size": batch, "base_lr": base_lr, "lr": lr, "momentum": cfg.momentum,
                 "weight_decay": cfg.weight_decay, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None,
                 "schedule": "cosine per epoch", "image_size": cfg.image_size, "transforms": transforms,
+                "normalization": normalization_settings(),
                 "feature_dim": sizes["feature_dim"], "resumed_from_epoch": resumed_from,
                 "timings": {"features_or_setup": round(features_seconds, 3),
                             "epochs": round(sum(row["seconds"] for row in history[resumed_from:]), 3)}}

@@ -17,7 +17,8 @@ def add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="expected architecture; a checkpoint holding another one is an error")
     parser.add_argument("--train", metavar="SPEC", help="training split: folder or kind:PATH[@split]")
     parser.add_argument("--val", metavar="SPEC", help="validation split: folder or kind:PATH[@split]")
-    parser.add_argument("--image-size", type=int, help="crop size of the eval transform")
+    parser.add_argument("--image-size", type=int, help="side of the evaluated images (default: the data's native size, "
+                                                      "224 for folders)")
     parser.add_argument("--batch-size", type=int, help="images per batch")
     parser.add_argument("--workers", type=int, help="data-loading processes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="compute device")

@@ -118,7 +118,7 @@ def evaluate_step(out: Path, data: str, checkpoint: str, name: str, folder_name:
 
     db = out / "results.db"
     folder = out / "eval" / folder_name
-    size = pre_cfg.knn.image_size or pre_cfg.data.image_size
+    size = pre_cfg.knn.image_size  # 0: native size, the monitor's rule
     info = init_distributed("cpu")
     labels = [f"name={name}", "tags=[demo]"]
     records = []

@@ -12,7 +12,9 @@ def register(subparsers) -> None:
     from simsiam_eval.knn import BACKENDS, PRESETS, WEIGHTINGS
     from simsiam_eval.knn_eval import KNN_DEFAULTS
 
-    presets = "; ".join(f"{name}: k {v['k']}, T {v['temperature']}" for name, v in PRESETS.items())
+    presets = "; ".join(f"{name}: k {v['k']}, T {v['temperature']}"
+                        + (f", {v['interpolation']} resize" if "interpolation" in v else "")
+                        for name, v in PRESETS.items())
     parser = subparsers.add_parser(
         "knn", help="weighted kNN accuracy of a checkpoint's frozen features",
         formatter_class=argparse.RawDescriptionHelpFormatter,

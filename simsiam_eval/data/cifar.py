@@ -9,6 +9,7 @@ from simsiam_eval.data.arrays import ArrayImageDataset
 from simsiam_eval.errors import UserError
 from simsiam_eval.safe_pickle import safe_load
 
+IMAGE_SIZE = 32  # every CIFAR image is 32 x 32
 _LAYOUT = {
     "cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
                 "meta": "batches.meta", "names": "label_names", "labels": "labels"},
@@ -45,7 +46,7 @@ def load_cifar(root: Path, kind: str, split: str, transform=None) -> ArrayImageD
     for name in layout[split]:
         batch = _unpickle(root / name)
         try:
-            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
             images.append(data.transpose(0, 2, 3, 1))
             labels.extend(int(x) for x in batch[layout["labels"]])
         except (KeyError, ValueError) as exc:

@@ -44,6 +44,22 @@ def _find(root: Path, stem: str) -> Path:
     raise UserError(f"{root}: missing {stem}[.gz]")
 
 
+def idx_image_size(root: Path, split: str) -> int | None:
+    """The side of the split's images from the IDX header alone (28 for MNIST); None if not square."""
+    if split not in _PREFIX:
+        raise UserError(f"{root}: unknown split '{split}' (use train or test)")
+    path = _find(root, f"{_PREFIX[split]}-images-idx3-ubyte")
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            header = f.read(16)
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(header) < 16 or header[:2] != b"\0\0" or header[3] != 3:
+        raise UserError(f"{path}: not an IDX image file (bad magic number)")
+    rows, cols = int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+    return rows if rows == cols else None
+
+
 def load_idx_dataset(root: Path, split: str, classes: list[str], transform=None) -> ArrayImageDataset:
     """The MNIST layout: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in one folder."""
     if not root.is_dir():

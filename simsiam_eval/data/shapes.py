@@ -225,6 +225,14 @@ def write_shapes_dataset(root: str | os.PathLike, settings: ShapesSettings = Sha
     return root
 
 
+def shapes_image_size(root: Path) -> int:
+    """The side of the classification images of the shapes data set at ``root`` (from its marker)."""
+    try:
+        return int(json.loads((root / MARKER).read_text())["settings"]["image_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{root / MARKER}: unreadable shapes marker ({exc})") from None
+
+
 def ensure_shapes_dataset(root: Path) -> Path:
     """Generate the default shapes data set at ``root`` unless it is already there."""
     if (root / MARKER).is_file():

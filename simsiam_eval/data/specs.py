@@ -16,8 +16,9 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
+from simsiam_eval.data.cifar import IMAGE_SIZE as CIFAR_IMAGE_SIZE
 from simsiam_eval.data.cifar import load_cifar
-from simsiam_eval.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, load_idx_dataset
+from simsiam_eval.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, idx_image_size, load_idx_dataset
 from simsiam_eval.data.imagefolder import load_image_folder
 from simsiam_eval.errors import UserError
 
@@ -80,3 +81,20 @@ def open_dataset(spec: str | DatasetSpec, transform: Callable | None = None) -> 
         raise UserError(f"{parsed.path}: unknown shapes split '{parsed.split}' (use train or val)")
     prepare_dataset(parsed)
     return load_image_folder(parsed.path / parsed.split, transform)
+
+
+def native_image_size(spec: str | DatasetSpec) -> int | None:
+    """The side of the square images of an array-backed or generated data set (CIFAR 32, MNIST-family
+    from the IDX header, shapes as generated); None for a folder, whose images may have any size."""
+    parsed = prepare_dataset(spec)
+    if parsed.kind in ("cifar10", "cifar100"):
+        return CIFAR_IMAGE_SIZE
+    if parsed.kind in ("mnist", "fashion-mnist"):
+        if not parsed.path.is_dir():
+            raise UserError(f"{parsed.path}: dataset folder does not exist")
+        return idx_image_size(parsed.path, parsed.split)
+    if parsed.kind == "shapes":
+        from simsiam_eval.data.shapes import shapes_image_size
+
+        return shapes_image_size(parsed.path)
+    return None

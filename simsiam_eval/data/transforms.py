@@ -4,11 +4,15 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from PIL import ImageFilter
+from PIL import Image, ImageFilter
 from torchvision import transforms as T
+
+from simsiam_eval.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR,  # main_lincls (torchvision's default)
+                  "bicubic": T.InterpolationMode.BICUBIC}    # DINO eval_knn: Resize(256, interpolation=3)
 
 
 class PILGaussianBlur:
@@ -27,6 +31,11 @@ class PILGaussianBlur:
 
 def normalize() -> T.Normalize:
     return T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def normalization_settings() -> dict[str, list[float]]:
+    """The mean and std every transform here normalises with, as records state them."""
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 def simsiam_augmentation(image_size: int = 224, min_scale: float = 0.2, blur: bool = True) -> T.Compose:
@@ -60,7 +69,36 @@ def linear_train_transform(image_size: int = 224) -> T.Compose:
     return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize()])
 
 
-def eval_transform(image_size: int = 224, resize: int | None = None) -> T.Compose:
-    """main_lincls.py validation: Resize(256) + CenterCrop(224), scaled to other sizes by 256/224."""
-    resize = resize if resize is not None else int(round(image_size * 256 / 224))
-    return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), normalize()])
+class ResizeCropUnlessNative:
+    """Resize(resize) + CenterCrop(size), except that an image of exactly size x size is kept as it is.
+
+    The size is checked per image: a data set of 32-px images evaluated at 32 px is used as MoCo's
+    CIFAR kNN demo uses it (no resize, no border cropped), while larger or non-square images get
+    the main_lincls centre crop.
+    """
+
+    def __init__(self, size: int, resize: int, interpolation: str = "bilinear") -> None:
+        self.size, self.resize, self.interpolation = size, resize, interpolation
+        self.crop = T.Compose([T.Resize(resize, interpolation=INTERPOLATIONS[interpolation]), T.CenterCrop(size)])
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.size == (self.size, self.size) else self.crop(image)
+
+    def __repr__(self) -> str:
+        return (f"ResizeCropUnlessNative(size={self.size}, resize={self.resize}, "
+                f"interpolation={self.interpolation})")
+
+
+def eval_transform(image_size: int = 224, resize: int | None = None, interpolation: str = "bilinear") -> T.Compose:
+    """main_lincls.py validation: Resize(256) + CenterCrop(224), scaled to other sizes by 256/224.
+
+    Images already ``image_size`` square are kept as they are (see :class:`ResizeCropUnlessNative`);
+    an explicit ``resize`` always resizes. ``interpolation`` is bilinear (main_lincls) or bicubic (DINO).
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise UserError(f"unknown interpolation '{interpolation}' (choose from {', '.join(INTERPOLATIONS)})")
+    if resize is None:
+        view = ResizeCropUnlessNative(image_size, int(round(image_size * 256 / 224)), interpolation)
+    else:
+        view = T.Compose([T.Resize(resize, interpolation=INTERPOLATIONS[interpolation]), T.CenterCrop(image_size)])
+    return T.Compose([view, T.ToTensor(), normalize()])
