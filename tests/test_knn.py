@@ -95,6 +95,42 @@ def test_faiss_gpu_k_limit_falls_back_without_limit(monkeypatch):
                                                   nearest_neighbors(bank, queries, 300, TorchSearch(bank))))
 
 
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_exp_vote_equals_sklearn_with_exp_weights(backend):
+    """DINO eval_knn's settings (k 10/20/100/200, T 0.07, 10 classes) against scikit-learn's brute-force
+    cosine kNN weighted by exp(sim / T): the CI guard of tools/parity/dino_knn.py's rows."""
+    features, labels = clustered(3300, 64, 10, seed=11, spread=3.0)
+    train, train_labels, val, val_labels = features[:3000], labels[:3000], features[3000:], labels[3000:]
+    ks = [10, 20, 100, 200]
+    ours = knn_classify(train, train_labels, val, val_labels, ks=ks, temperature=0.07, backend=backend)
+    for k in ks:
+        sk = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute",
+                                  weights=lambda distances: np.exp((1.0 - distances) / 0.07))
+        proba = sk.fit(train.double().numpy(), train_labels.numpy()).predict_proba(val.double().numpy())
+        ranking = torch.from_numpy(np.argsort(-proba, axis=1, kind="stable")[:, :5])
+        assert same_predictions(ours.rankings[k], ranking), k
+        hits = ranking == val_labels[:, None]
+        assert ours.metrics[k]["top1"] == pytest.approx(100.0 * hits[:, 0].double().mean().item(), abs=1e-9)
+        assert ours.metrics[k]["top5"] == pytest.approx(100.0 * hits.any(dim=1).double().mean().item(), abs=1e-9)
+    assert 20 < ours.metrics[20]["top1"] < 95  # far from chance and from perfect: the ranking matters
+
+
+def test_vote_worked_out_by_hand():
+    """Unit vectors at 0, 60, 90 and 180 degrees from the query: similarities 1, 0.5, 0, -1."""
+    angles = torch.tensor([0.0, 60.0, 90.0, 180.0]).deg2rad()
+    bank = torch.stack([angles.cos(), angles.sin()], dim=1)
+    labels = torch.tensor([0, 1, 1, 0])
+    query, target = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
+    # k 3, T 0.5: class 0 gets e^2 = 7.39, class 1 gets e^1 + e^0 = 3.72: the nearer neighbour wins
+    sharp = knn_classify(bank, labels, query, target, ks=[3], temperature=0.5)
+    assert sharp.rankings[3].tolist() == [[0, 1]] and sharp.metrics[3] == {"top1": 0.0, "top5": 100.0}
+    # k 3, T 10: class 0 gets e^0.1 = 1.105, class 1 gets e^0.05 + e^0 = 2.051: the majority wins
+    flat = knn_classify(bank, labels, query, target, ks=[3], temperature=10.0)
+    assert flat.rankings[3].tolist() == [[1, 0]] and flat.metrics[3]["top1"] == 100.0
+    # k 4 adds class 0's e^-2 / 0.5 -> e^-4 = 0.018: 7.407 vs 3.718, still class 0
+    assert knn_classify(bank, labels, query, target, ks=[4], temperature=0.5).rankings[4][0, 0] == 0
+
+
 @pytest.mark.parametrize("k", [1, 7, 50])
 def test_uniform_vote_equals_sklearn_cosine(k):
     train, train_labels = clustered(500, 16, 5, seed=7, spread=2.5)
@@ -155,9 +191,9 @@ def test_preset_sets_k_and_temperature_unless_given_on_the_command_line():
         return apply_preset(*evaluation_config(args, KNN_DEFAULTS))
 
     dino = resolve("--preset", "dino")
-    assert (dino.k, dino.temperature) == ([20, 10, 100, 200], 0.07)
+    assert (dino.k, dino.temperature, dino.interpolation) == ([20, 10, 100, 200], 0.07, "bicubic")
     mixed = resolve("--preset", "simsiam-cifar", "--k", "5", "50")
-    assert (mixed.k, mixed.temperature) == ([5, 50], 0.2)
+    assert (mixed.k, mixed.temperature, mixed.interpolation) == ([5, 50], 0.2, "bilinear")
     assert resolve("--preset", "dino", "temperature=0.5").temperature == 0.5
     with pytest.raises(UserError, match="unknown config key 'tempreature'"):
         resolve("tempreature=0.5")
