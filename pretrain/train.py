@@ -211,7 +211,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
             state = {"epoch": epoch + 1, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "config": cfg.to_dict(), "versions": versions(), "git": git_revision()}
-            last = save_checkpoint(output_dir, epoch + 1, state, cfg.keep_last)
+            last = save_checkpoint(output_dir, state, cfg.keep_last)
             metrics.record(record, epoch + 1, prefix="epoch/")
             _log(info, _epoch_line(record, cfg.epochs))
             _warn_if_collapsed(info, record["collapse_std"], cfg, loader.batch_size)
