@@ -4,11 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
 import simsiam_eval.knn as knn_module
 from simsiam_eval.errors import UserError
-from simsiam_eval.knn import FaissSearch, TorchSearch, knn_classify, l2_normalize, nearest_neighbors
+from simsiam_eval.knn import (FaissSearch, TorchSearch, exact_similarities, knn_classify, l2_normalize,
+                              nearest_neighbors)
 
 
 def clustered(n: int, dim: int, classes: int, seed: int, spread: float = 1.5):
@@ -93,6 +95,46 @@ def test_faiss_gpu_k_limit_falls_back_without_limit(monkeypatch):
     limited.max_k = 50  # what a GPU index imposes (2048 there)
     assert all(torch.equal(a, b) for a, b in zip(nearest_neighbors(bank, queries, 300, limited),
                                                   nearest_neighbors(bank, queries, 300, TorchSearch(bank))))
+
+
+def near_ties(seed: int, dim: int = 256):
+    """A bank of 300 rows that differ from one vector by a few float32 ulps (their similarities to a
+    query differ at the 1e-8 level, below float32 resolution) among 700 random rows, 20 queries near
+    that vector, labels from 5 classes."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.normalize(torch.randn(1, dim, generator=g), dim=1)
+    nudged = base + torch.randint(-2, 3, (300, dim), generator=g).float() * 2.0 ** -26
+    bank = torch.cat([nudged, torch.randn(700, dim, generator=g)])
+    queries = base + 0.01 * torch.randn(20, dim, generator=g)
+    return bank, torch.randint(5, (1000,), generator=g), queries
+
+
+def test_exact_similarities_are_float64_dot_products():
+    bank, _, queries = near_ties(seed=0)
+    rows = bank[torch.arange(40).view(1, 40).expand(20, 40) * 7]  # (Q, M, D) candidate rows
+    expected = np.einsum("qd,qmd->qm", queries.double().numpy(), rows.double().numpy())
+    assert np.abs(exact_similarities(queries, rows).numpy() - expected).max() <= 1e-12
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_near_ties_follow_the_exact_float64_order(backend):
+    """Neighbours and votes as float64 arithmetic on the float32 features orders them (DINO's function
+    run in float64), even where the k-th and (k+1)-th similarities differ by less than float32 resolution."""
+    features, labels, raw_queries = near_ties(seed=1)
+    bank, queries = F.normalize(features, dim=1), F.normalize(raw_queries, dim=1)  # as eval_knn normalises
+    exact = queries.double().numpy() @ bank.double().numpy().T
+    order = np.argsort(-exact, axis=1, kind="stable")
+    search = FaissSearch(bank, use_gpu=False) if backend == "faiss" else TorchSearch(bank)
+    result = knn_classify(features, labels, raw_queries, labels[:20], ks=[10, 100, 250], temperature=0.07,
+                          backend=backend)
+    for k in (10, 100, 250):
+        assert np.array_equal(nearest_neighbors(bank, queries, k, search)[1].numpy(), order[:, :k]), k
+        weights = np.exp(np.take_along_axis(exact, order[:, :k], 1) / 0.07)
+        scores = np.zeros((20, 5))
+        for q in range(20):
+            np.add.at(scores[q], labels.numpy()[order[q, :k]], weights[q])
+        expected = torch.from_numpy(np.argsort(-scores, axis=1, kind="stable")[:, :5])
+        assert same_predictions(result.rankings[k], expected), k
 
 
 @pytest.mark.parametrize("backend", ["faiss", "torch"])

@@ -6,8 +6,10 @@ Features: Fashion-MNIST (``/usr/share/datasets/fashion-mnist``; by default the f
 images are the bank and the first 2000 test images the queries, ``--train-size 60000 --val-size
 10000`` for all of them) through a fixed network, the randomly initialised torchvision ResNet-18 of
 ``random:resnet18`` (seed 0): pool5 features of our evaluation transform at the native 28 px (the
-images as they are, ToTensor + Normalize), L2-normalised as ``eval_knn.py`` does. Both sides get
-those same float32 tensors.
+images as they are, ToTensor + Normalize). DINO gets them L2-normalised as ``eval_knn.py`` does
+(``nn.functional.normalize``); ours gets the same float32 tensors before normalisation and applies
+that same function itself, so both vote on bit-identical unit vectors (normalising twice would move
+40% of the rows by one float32 ulp).
 
 DINO's function is called as its script calls it, except that ``num_classes`` is passed explicitly
 (its default is 1000; here the data's 10 classes). Its per-query class ranking is read off the
@@ -67,7 +69,7 @@ def official_vote(knn_classifier, bank, bank_labels, queries, query_labels, k: i
 
 
 def split_features(spec: str, size: int, cache: FeatureCache | None):
-    """L2-normalised pool5 features (float32), labels and transform of the first ``size`` images of ``spec``."""
+    """pool5 features (float32), labels and transform of the first ``size`` images of ``spec``."""
     parsed = prepare_dataset(spec)
     _, backbone, model_id = load_frozen_backbone(NETWORK)
     transform = eval_transform(evaluation_size(0, parsed))
@@ -83,7 +85,7 @@ def split_features(spec: str, size: int, cache: FeatureCache | None):
                                             batch_size=500, workers=0, amp=False, desc=str(parsed))
         if cache is not None:
             cache.save(key, features, labels, description)
-    return F.normalize(features, dim=1, p=2), labels, transform
+    return features, labels, transform
 
 
 def exact_margins(bank: torch.Tensor, bank_labels: torch.Tensor, query: torch.Tensor, k: int,
@@ -150,8 +152,9 @@ def main() -> None:
         raise SystemExit("--val-size must be >= 100: DINO's knn_classifier splits the queries into 100 chunks")
     cache = FeatureCache(args.cache_dir) if args.cache_dir else None
     start = time.perf_counter()
-    bank, bank_labels, transform = split_features(f"{DATA}@train", args.train_size, cache)
-    queries, query_labels, _ = split_features(f"{DATA}@test", args.val_size, cache)
+    bank_features, bank_labels, transform = split_features(f"{DATA}@train", args.train_size, cache)
+    query_features, query_labels, _ = split_features(f"{DATA}@test", args.val_size, cache)
+    bank, queries = F.normalize(bank_features, dim=1, p=2), F.normalize(query_features, dim=1, p=2)
     num_classes = int(bank_labels.max()) + 1
     print(f"features: {len(bank)} bank / {len(queries)} query images of {DATA}, {NETWORK} (seed 0) pool5 "
           f"{bank.shape[1]}-d, transform {' '.join(repr(transform).split())}, {time.perf_counter() - start:.0f} s",
@@ -160,13 +163,14 @@ def main() -> None:
     report = ParityReport(
         f"DINO eval_knn.knn_classifier vs simsiam_eval.knn.knn_classify (T {TEMPERATURE}, num_classes "
         f"{num_classes} passed explicitly; Fashion-MNIST first {len(bank)} train images as the bank, first "
-        f"{len(queries)} test images as queries, {NETWORK} seed 0 pool5 at 28 px, L2-normalised)",
+        f"{len(queries)} test images as queries, {NETWORK} seed 0 pool5 at 28 px, L2-normalised by F.normalize "
+        "on each side)",
         f"facebookresearch/dino 7c446df ({checkout}, git: {checkout_revision(checkout)})")
     ours, seconds = {}, {}
     for backend in BACKENDS:
         clock = time.perf_counter()
-        ours[backend] = knn_classify(bank, bank_labels, queries, query_labels, ks=KS, temperature=TEMPERATURE,
-                                     backend=backend, num_classes=num_classes)
+        ours[backend] = knn_classify(bank_features, bank_labels, query_features, query_labels, ks=KS,
+                                     temperature=TEMPERATURE, backend=backend, num_classes=num_classes)
         seconds[backend] = time.perf_counter() - clock
     total, exact_rankings = len(queries), {}
     for k in KS:
