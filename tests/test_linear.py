@@ -74,6 +74,21 @@ def test_protocol_mode_leaves_every_backbone_tensor_bit_identical(shapes_root, t
     assert record["data"]["num_classes"] == 6 and 0 <= record["metrics"]["top1"] <= 100
 
 
+def test_record_holds_the_best_epoch_as_main_lincls_and_the_last(shapes_root, tmp_path, monkeypatch):
+    # top-1 peaks at epoch 2 and ties at epoch 3: main_lincls keeps best_acc1 = 55 and saves
+    # model_best.pth.tar only when acc1 > best_acc1, i.e. at epoch 2 (with that epoch's top-5, 90)
+    scripted = iter([(40.0, 80.0), (55.0, 90.0), (55.0, 95.0), (50.0, 85.0)])
+
+    def scripted_evaluate(*args, **kwargs):
+        top1, top5 = next(scripted)
+        return {"val_loss": 1.0, "top1": top1, "top5": top5}
+
+    monkeypatch.setattr(linear_module, "evaluate", scripted_evaluate)
+    metrics = run_linear(probe_config(shapes_root, tmp_path, mode="cached", epochs=4), CPU)["metrics"]
+    assert (metrics["top1"], metrics["top5"], metrics["best_epoch"]) == (55.0, 90.0, 2)
+    assert (metrics["last_top1"], metrics["last_top5"]) == (50.0, 85.0)
+
+
 def test_cached_mode_resumes_to_the_same_result(shapes_root, tmp_path, monkeypatch):
     full = run_linear(probe_config(shapes_root, tmp_path / "a", mode="cached", epochs=4, views=2), CPU)
     calls = {"n": 0}

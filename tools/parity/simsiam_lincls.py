@@ -323,7 +323,7 @@ def compare_run(report: ParityReport, label: str, ours: dict, official: dict) ->
     metrics = ours["record"]["metrics"]
     report.add(f"{label}: best top-1 (record vs best_acc1)", metrics["top1"], official["best_acc1"],
                ACCURACY_TOLERANCE, f"{official['best_acc1']:.2f}")
-    report.add_equal(f"{label}: best epoch (record vs model_best.pth.tar)", int(metrics.get("best_epoch", -1)),
+    report.add_equal(f"{label}: best epoch (record vs model_best.pth.tar)", int(metrics["best_epoch"]),
                      official["best_epoch"], str(official["best_epoch"]))
     report.add_equal(f"{label}: backbone unchanged (ours vs sanity_check)",
                      ours["record"]["settings"].get("backbone_unchanged"), official["sanity_check"])
