@@ -154,8 +154,11 @@ def _epoch_line(record: dict, epochs: int) -> str:
 
 
 def build_model_and_optimizer(cfg: Config, info: DistInfo, init_lr: float) -> tuple[SimSiam, torch.optim.SGD]:
-    """The SimSiam model on its device and the SGD optimiser over its parameters."""
+    """The SimSiam model on its device (BatchNorm synchronised over processes when asked) and the SGD
+    optimiser over its parameters, built after the conversion so that it holds what the model uses."""
     model = build_model(cfg.model).to(info.device)
+    if info.distributed and cfg.model.sync_bn:
+        model = convert_sync_batchnorm(model, info.device)
     optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
     return model, optimizer
 
@@ -205,8 +208,6 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     if start_epoch >= cfg.epochs:
         _log(info, f"{output_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
         return None
-    if info.distributed and cfg.model.sync_bn:
-        model = convert_sync_batchnorm(model, info.device)
     model = wrap_for_training(model, cfg, info)
     metrics = MetricsLog(output_dir, cfg.tensorboard) if info.is_main else None
     if metrics is not None:
