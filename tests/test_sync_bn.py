@@ -7,11 +7,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from pretrain.defaults import PRETRAIN_DEFAULTS
-from pretrain.schedule import scaled_lr, set_epoch_lr
 from pretrain.sync_bn import AllReduceBatchNorm, convert_sync_batchnorm
-from pretrain.train import build_model_and_optimizer, seed_everything, train_one_epoch, wrap_for_training
-from simsiam_eval.config import load_config
+from pretrain.train import build_model_and_optimizer, seed_everything
+from pretrain_loop import CPU, run_real_loop, tiny_config
 from simsiam_eval.distributed import DistInfo
 
 
@@ -86,25 +84,8 @@ def test_conversion_keeps_the_parameter_and_buffer_objects():
     assert converted[1].weight is not None and converted[3].weight is None
 
 
-TINY_MODEL = ["model.arch=resnet18", "model.stem=cifar", "model.width=8", "model.dim=32", "model.pred_dim=8",
-              "device=cpu", "progress=false", "optim.base_lr=3.2"]  # lr 0.1 at batch 8: BN weights move visibly
+TINY = ["optim.base_lr=3.2"]  # lr 0.1 at batch 8: BN weights move visibly
 STEPS_PER_EPOCH, EPOCHS, BATCH = 2, 2, 8
-
-
-def run_real_loop(cfg, info: DistInfo, batches) -> tuple[dict, bool]:
-    """What pretrain/train.py does: seed, model (SyncBN) and optimiser, DDP, then epochs of lr + train_one_epoch."""
-    seed_everything(cfg.seed)
-    init_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
-    model, optimizer = build_model_and_optimizer(cfg, info, init_lr)
-    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    optimiser_holds_model = optimised == {id(p) for p in model.parameters()}
-    model = wrap_for_training(model, cfg, info)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
-    for epoch in range(EPOCHS):
-        set_epoch_lr(optimizer, init_lr, epoch, EPOCHS)
-        train_one_epoch(model, batches[epoch], optimizer, scaler, cfg, info, epoch, init_lr, None)
-    inner = model.module if info.distributed else model
-    return {k: v.detach().clone() for k, v in inner.state_dict().items()}, optimiser_holds_model
 
 
 def fixed_batches(rank: int, world: int) -> list:
@@ -118,9 +99,9 @@ def fixed_batches(rank: int, world: int) -> list:
 def _train_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    cfg = load_config(None, PRETRAIN_DEFAULTS, TINY_MODEL + [f"batch_size={BATCH}"])
+    cfg = tiny_config(*TINY, f"batch_size={BATCH}", f"epochs={EPOCHS}")
     info = DistInfo(rank, world, rank, torch.device("cpu"))
-    state, holds = run_real_loop(cfg, info, fixed_batches(rank, world))
+    state, holds, _ = run_real_loop(cfg, info, fixed_batches(rank, world))
     torch.save({"state": state, "optimiser_holds_model": holds}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -128,11 +109,11 @@ def _train_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 def test_two_processes_train_exactly_like_one_process_with_the_whole_batch(tmp_path):
     """Defect 1 of issue 10: BN weights were left untrained by multi-process CPU pretraining."""
     torch.set_num_threads(1)
-    cfg = load_config(None, PRETRAIN_DEFAULTS, TINY_MODEL + [f"batch_size={BATCH}"])
-    expected, _ = run_real_loop(cfg, DistInfo(0, 1, 0, torch.device("cpu")), fixed_batches(0, 1))
+    cfg = tiny_config(*TINY, f"batch_size={BATCH}", f"epochs={EPOCHS}")
+    expected, _, _ = run_real_loop(cfg, CPU, fixed_batches(0, 1))
     mp.spawn(_train_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     seed_everything(cfg.seed)
-    initial = build_model_and_optimizer(cfg, DistInfo(0, 1, 0, torch.device("cpu")), 0.1)[0].state_dict()
+    initial = build_model_and_optimizer(cfg, CPU, 0.1)[0].state_dict()
     norms = [k[:-len(".running_mean")] for k in expected if k.endswith(".running_mean")]
     bn_affine = [f"{n}.{leaf}" for n in norms for leaf in ("weight", "bias") if f"{n}.{leaf}" in expected]
     assert len(bn_affine) == 46  # ResNet-18 (20 BN) + projector (2 affine BN) + predictor (1), weight and bias
