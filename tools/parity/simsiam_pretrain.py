@@ -229,7 +229,8 @@ def compare_preset(report: ParityReport, builder, main_simsiam, preset: str) -> 
         cfg = preset_config(preset, fix_pred_lr)
         official, ours = copy.deepcopy(initial), build_model(cfg.model)
         ours.load_state_dict(initial.state_dict())  # strict: every name matches
-        run = (run_ours(ours, cfg, batches), run_official(main_simsiam, official, official_args(main_simsiam, cfg), batches))
+        args = official_args(main_simsiam, cfg)
+        run = (run_ours(ours, cfg, batches), run_official(main_simsiam, official, args, batches))
         compare_training(report, f"{label}, fix_pred_lr {'on' if fix_pred_lr else 'off'}", initial, official, ours, run,
                          control=with_fixed_lr)
         with_fixed_lr = official.state_dict()
@@ -266,7 +267,8 @@ def compare_defaults(report: ParityReport, main_simsiam) -> None:
                            cfg.optim.weight_decay, cfg.model.dim, cfg.model.pred_dim)))
     report.add_equal("imagenet_r50 preset = official argument defaults", ours, {k: getattr(args, k) for k in keys},
                      ", ".join(f"{k} {v}" for k, v in ours.items()) +
-                     f"; fix_pred_lr {cfg.optim.fix_pred_lr} (official flag, off by default, recommended in its README)")
+                     f"; fix_pred_lr {cfg.optim.fix_pred_lr} (an official flag, off by default, recommended "
+                     "by its README)")
 
 
 def main() -> None:
@@ -278,8 +280,9 @@ def main() -> None:
     import simsiam.builder as builder
 
     torch.set_num_threads(1)
+    revision = options.commit or checkout_revision(checkout)
     report = ParityReport("SimSiam pretraining: main_simsiam.py / simsiam.builder vs pretrain/",
-                          f"facebookresearch/simsiam at {options.commit or checkout_revision(checkout)} ({checkout}); torch "
+                          f"facebookresearch/simsiam at {revision} ({checkout}); torch "
                           f"{torch.__version__}, fp32, CPU; resnet18, batch {BATCH}, dim {DIM}, pred_dim {PRED_DIM}, "
                           f"{STEPS} steps (one per epoch of a {STEPS}-epoch cosine schedule), lr as each preset's "
                           "at its own batch size")
