@@ -27,6 +27,7 @@ from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
 from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from simsiam_eval.errors import UserError
 from simsiam_eval.metrics_log import MetricsLog
+from simsiam_eval.precision import precision_name, uses_amp
 from simsiam_eval.provenance import git_revision, versions
 
 PROGRESS_EVERY = 10  # iterations between progress-bar refreshes (each one syncs the device)
@@ -132,7 +133,7 @@ def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, 
 
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     image_size = cfg.knn.image_size or cfg.data.image_size
-    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, image_size)
+    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, image_size, amp=cfg.amp)
 
 
 def _warn_if_collapsed(info: DistInfo, std: float, cfg: Config, batch: int) -> None:
@@ -153,6 +154,25 @@ def _epoch_line(record: dict, epochs: int) -> str:
     return line
 
 
+def build_model_and_optimizer(cfg: Config, info: DistInfo, init_lr: float) -> tuple[SimSiam, torch.optim.SGD]:
+    """The SimSiam model on its device (BatchNorm synchronised over processes when asked) and the SGD
+    optimiser over its parameters, built after the conversion so that it holds what the model uses."""
+    model = build_model(cfg.model).to(info.device)
+    if info.distributed and cfg.model.sync_bn:
+        model = convert_sync_batchnorm(model, info.device)
+    optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
+    return model, optimizer
+
+
+def wrap_for_training(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
+    """DDP over several processes; channels_last on CUDA when asked."""
+    if info.distributed:
+        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if cfg.channels_last and info.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def train(cfg: Config) -> Path | None:
     """Pretrain SimSiam as ``cfg`` says; return the last checkpoint written (None if already done)."""
     info = init_distributed(cfg.device)
@@ -163,7 +183,7 @@ def train(cfg: Config) -> Path | None:
             save_config(cfg, output_dir / "config.yaml")
             prepare_dataset(cfg.data.train)
             _log(info, f"simsiam-eval pretrain | git {git_revision()} | {info.world_size} process(es) on "
-                       f"{info.device.type}\n{dump_config(cfg)}")
+                       f"{info.device.type} | precision {precision_name(cfg.amp, info.device)}\n{dump_config(cfg)}")
         barrier()
         return _train(cfg, info, output_dir)
     finally:
@@ -178,10 +198,9 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     else:
         torch.backends.cudnn.benchmark = True
     loader, sampler = build_loader(cfg, info)
-    model = build_model(cfg.model).to(info.device)
     init_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
-    optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
+    model, optimizer = build_model_and_optimizer(cfg, info, init_lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=uses_amp(cfg.amp, info.device))
     start_epoch = resume_if_possible(cfg, model, optimizer, scaler, output_dir, info)
     if start_epoch == 0 and info.is_main:
         atomic_torch_save({"epoch": 0, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
@@ -190,12 +209,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     if start_epoch >= cfg.epochs:
         _log(info, f"{output_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
         return None
-    if info.distributed:
-        if cfg.model.sync_bn:
-            model = convert_sync_batchnorm(model, info.device)
-        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    if cfg.channels_last and info.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = wrap_for_training(model, cfg, info)
     metrics = MetricsLog(output_dir, cfg.tensorboard) if info.is_main else None
     if metrics is not None:
         metrics.truncate_after("epoch", start_epoch)
@@ -211,7 +225,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
             state = {"epoch": epoch + 1, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "config": cfg.to_dict(), "versions": versions(), "git": git_revision()}
-            last = save_checkpoint(output_dir, epoch + 1, state, cfg.keep_last)
+            last = save_checkpoint(output_dir, state, cfg.keep_last)
             metrics.record(record, epoch + 1, prefix="epoch/")
             _log(info, _epoch_line(record, cfg.epochs))
             _warn_if_collapsed(info, record["collapse_std"], cfg, loader.batch_size)
