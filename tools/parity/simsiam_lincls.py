@@ -18,7 +18,7 @@ How the two sides are run (fp32, CPU):
   the apex checkout, and torchvision's ResNet constructor builds the network with the data's number
   of classes (main_worker's ``models.__dict__[arch]()`` has ImageNet's 1000) and then re-seeds the
   global RNG, so that main_worker's ``normal_(0, 0.01)`` fc init and ours draw from the same
-  generator state. Nothing of main_worker is re-stated.
+  generator state. Nothing of main_worker is re-stated (``args.distributed = False`` is main()'s line).
 """
 from __future__ import annotations
 
@@ -326,7 +326,8 @@ def compare_run(report: ParityReport, label: str, ours: dict, official: dict) ->
     report.add_equal(f"{label}: best epoch (record vs model_best.pth.tar)", int(metrics["best_epoch"]),
                      official["best_epoch"], str(official["best_epoch"]))
     report.add_equal(f"{label}: backbone unchanged (ours vs sanity_check)",
-                     ours["record"]["settings"].get("backbone_unchanged"), official["sanity_check"])
+                     ours["record"]["settings"].get("backbone_unchanged"), official["sanity_check"],
+                     "record: backbone_unchanged; main_lincls: sanity check passed")
 
 
 def compare_long_schedule(report: ParityReport, main_lincls, init_lr: float = 1.6, epochs: int = 90) -> None:
