@@ -394,3 +394,29 @@ def test_the_missing_row_is_computed(tmp_path):
     row = next(line for line in report.table().splitlines() if line.startswith("backbone tensors missing"))
     assert re.split(r"\s{2,}", row)[1] == "0" and "read back" in row
     assert "no numerical check" in report.summary() and "verified" not in report.summary()
+
+
+# ------------------------------------------------------------------ CI guard of tools/parity/moco_detection.py, part 1
+def moco_converter(state_dict: dict) -> dict:
+    """MoCo's detection/convert-pretrain-to-detectron2.py, re-stated: the ``module.encoder_q.*`` tensors, prefix
+    removed, renamed by its loop (tests/moco_reference.py), as numpy arrays; everything else left out."""
+    prefix = "module.encoder_q."
+    return {moco_detectron2_rename(k[len(prefix):]): v.numpy() for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def test_moco_v2_checkpoint_converts_to_mocos_pkl_without_its_fc(tmp_path):
+    """The MoCo converter parity rows: same key set except MoCo's stem.fc.* (its MLP head), same arrays."""
+    from test_checkpoints_readers import make_moco
+
+    make_moco(tmp_path / "moco_v2.pth.tar")
+    theirs = moco_converter(torch.load(tmp_path / "moco_v2.pth.tar", weights_only=True)["state_dict"])
+    convert_checkpoint(tmp_path / "moco_v2.pth.tar", tmp_path / "ours.pkl")
+    with open(tmp_path / "ours.pkl", "rb") as f:
+        ours = safe_load(f)
+    head = {k for k in theirs if k.startswith("stem.fc.")}
+    assert head == {"stem.fc.0.weight", "stem.fc.0.bias", "stem.fc.2.weight", "stem.fc.2.bias"}
+    assert set(ours["model"]) == set(theirs) - head
+    for key, value in ours["model"].items():
+        assert value.dtype == theirs[key].dtype and (value == theirs[key]).all(), key
+    assert ours["matching_heuristics"] is True
+    assert (ours["arch"], ours["stem"], ours["width"]) == ("resnet18", "imagenet", 64)
