@@ -64,12 +64,21 @@ LAUNCH_OFFICIAL = "--launch-official"
 
 
 # ----------------------------------------------------------------------------- part 1: conversion
-def build_moco_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
-    """MoCo v2 (``main_moco.py --mlp --moco-t 0.2``) with MoCo's builder, two SGD steps of the query encoder
-    (non-trivial BN statistics, momentum buffers) and the key encoder's momentum update, saved as
-    ``main_moco.py`` saves it; returns the query encoder's state dict (fc = the MLP head included)."""
-    import moco.builder
+def ddp_state_dict(model: torch.nn.Module, init_file: Path) -> dict:
+    """``DistributedDataParallel(model).state_dict()`` (every key behind ``module.``), as the official training
+    scripts save it, on a one-process gloo group (started once per process)."""
     import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=0, world_size=1)
+    return torch.nn.parallel.DistributedDataParallel(model).state_dict()
+
+
+def build_moco_checkpoint(path: Path, seed: int) -> torch.nn.Module:
+    """MoCo v2 (``main_moco.py --mlp --moco-t 0.2``) with MoCo's builder (``moco`` importable), two SGD steps of
+    the query encoder (non-trivial BN statistics, momentum buffers) and the key encoder's momentum update,
+    saved as ``main_moco.py`` saves it; returns the MoCo module."""
+    import moco.builder
     import torchvision.models as models
 
     torch.manual_seed(seed)
@@ -81,14 +90,9 @@ def build_moco_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
         loss.backward()
         optimizer.step()
         model._momentum_update_key_encoder()
-    dist.init_process_group("gloo", init_method=f"file://{path.parent / 'dist_init'}", rank=0, world_size=1)
-    try:  # main_moco.py saves DistributedDataParallel(model).state_dict()
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        torch.save({"epoch": 200, "arch": "resnet50", "state_dict": ddp.state_dict(),
-                    "optimizer": optimizer.state_dict()}, path)
-    finally:
-        dist.destroy_process_group()
-    return {k: v.detach().clone() for k, v in model.encoder_q.state_dict().items()}
+    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": ddp_state_dict(model, path.parent / "dist_init"),
+                "optimizer": optimizer.state_dict()}, path)
+    return model
 
 
 def run(command: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> float:
@@ -404,7 +408,7 @@ def main() -> int:
     print(f"MoCo checkout {moco} (git: {checkout_revision(moco)}), scratch {scratch}", flush=True)
     try:
         ckpt = scratch / "checkpoint_0199.pth.tar"
-        encoder_q = build_moco_checkpoint(ckpt, args.seed)
+        encoder_q = build_moco_checkpoint(ckpt, args.seed).encoder_q.state_dict()
         conversion, moco_weights, _ = compare_conversions(moco, ckpt, scratch, encoder_q)
         reports = [conversion]
         print(conversion.table() + "\n", flush=True)
