@@ -1,4 +1,9 @@
-"""Checkpoints in the official layout (``checkpoint_{epoch:04d}.pth.tar``), RNG state, resume."""
+"""Checkpoints in the official layout, RNG state, resume.
+
+File names follow main_simsiam.py exactly: ``checkpoint_{e:04d}.pth.tar`` with ``e`` the 0-based index
+of the epoch just finished, holding ``'epoch': e + 1`` (a 100-epoch run ends with
+``checkpoint_0099.pth.tar``, whose ``epoch`` is 100).
+"""
 from __future__ import annotations
 
 import random
@@ -18,8 +23,9 @@ NAME = re.compile(r"^checkpoint_(\d{4,})\.pth\.tar$")
 INIT_NAME = "init.pth.tar"
 
 
-def checkpoint_path(output_dir: Path, epoch: int) -> Path:
-    return output_dir / f"checkpoint_{epoch:04d}.pth.tar"
+def checkpoint_path(output_dir: Path, epoch_index: int) -> Path:
+    """The file main_simsiam.py writes after the epoch of 0-based index ``epoch_index``."""
+    return output_dir / f"checkpoint_{epoch_index:04d}.pth.tar"
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -55,9 +61,10 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_checkpoint(output_dir: Path, epoch: int, state: dict[str, Any], keep_last: int = 0) -> Path:
-    """Write atomically, then delete all but the newest ``keep_last`` checkpoints (0 keeps all)."""
-    path = checkpoint_path(output_dir, epoch)
+def save_checkpoint(output_dir: Path, state: dict[str, Any], keep_last: int = 0) -> Path:
+    """Write ``state`` (whose ``epoch`` counts the finished epochs) atomically under the official name,
+    then delete all but the newest ``keep_last`` checkpoints (0 keeps all)."""
+    path = checkpoint_path(output_dir, int(state["epoch"]) - 1)
     atomic_torch_save(state, path)
     if keep_last > 0:
         for old in list_checkpoints(output_dir)[:-keep_last]:

@@ -13,7 +13,7 @@ PRETRAIN_DEFAULTS = {
     "keep_last": 0,              # keep only the newest N checkpoints (0: keep all, as the official code)
     "device": "auto",            # auto (cuda if available) | cpu | cuda
     "deterministic": False,      # deterministic cuDNN/algorithms (slower on GPU)
-    "amp": True,                 # mixed precision on CUDA (ignored on CPU)
+    "amp": False,                # fp16 autocast + GradScaler on CUDA (official: fp32; ignored on CPU)
     "channels_last": True,       # channels_last memory format on CUDA (ignored on CPU)
     "tensorboard": True,
     "progress": True,            # tqdm progress bar

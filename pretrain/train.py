@@ -27,6 +27,7 @@ from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
 from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from simsiam_eval.errors import UserError
 from simsiam_eval.metrics_log import MetricsLog
+from simsiam_eval.precision import precision_name, uses_amp
 from simsiam_eval.provenance import git_revision, versions
 
 PROGRESS_EVERY = 10  # iterations between progress-bar refreshes (each one syncs the device)
@@ -132,7 +133,7 @@ def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, 
 
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     image_size = cfg.knn.image_size or cfg.data.image_size
-    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, image_size)
+    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, image_size, amp=cfg.amp)
 
 
 def _warn_if_collapsed(info: DistInfo, std: float, cfg: Config, batch: int) -> None:
@@ -163,7 +164,7 @@ def train(cfg: Config) -> Path | None:
             save_config(cfg, output_dir / "config.yaml")
             prepare_dataset(cfg.data.train)
             _log(info, f"simsiam-eval pretrain | git {git_revision()} | {info.world_size} process(es) on "
-                       f"{info.device.type}\n{dump_config(cfg)}")
+                       f"{info.device.type} | precision {precision_name(cfg.amp, info.device)}\n{dump_config(cfg)}")
         barrier()
         return _train(cfg, info, output_dir)
     finally:
@@ -181,7 +182,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     model = build_model(cfg.model).to(info.device)
     init_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
     optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and info.device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=uses_amp(cfg.amp, info.device))
     start_epoch = resume_if_possible(cfg, model, optimizer, scaler, output_dir, info)
     if start_epoch == 0 and info.is_main:
         atomic_torch_save({"epoch": 0, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
@@ -211,7 +212,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
             state = {"epoch": epoch + 1, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "config": cfg.to_dict(), "versions": versions(), "git": git_revision()}
-            last = save_checkpoint(output_dir, epoch + 1, state, cfg.keep_last)
+            last = save_checkpoint(output_dir, state, cfg.keep_last)
             metrics.record(record, epoch + 1, prefix="epoch/")
             _log(info, _epoch_line(record, cfg.epochs))
             _warn_if_collapsed(info, record["collapse_std"], cfg, loader.batch_size)

@@ -1,8 +1,9 @@
 """The one feature extractor and cache: frozen backbone in eval mode -> pool5 features.
 
 kNN, the linear probe (cached mode), the pretraining kNN monitor and the demo all call
-:func:`dataset_features`. Extraction is batched (tqdm), uses AMP on CUDA, and under torchrun each
-process embeds every ``world_size``-th image, then all processes gather the full set. Features of a
+:func:`dataset_features`. Extraction is batched (tqdm), fp32 (the official precision) unless ``amp``
+asks for fp16 autocast on CUDA, and under torchrun each process embeds every ``world_size``-th image,
+then all processes gather the full set. Features of a
 *checkpoint* (identified by its sha256) are cached on disk, keyed by the checkpoint, the data set
 (spec + content fingerprint), the transform's repr, the view seed and the numeric precision.
 """
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
 from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
 from simsiam_eval.errors import UserError
+from simsiam_eval.precision import precision_name, uses_amp
 
 CACHE_FORMAT = 1
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -100,7 +102,7 @@ def _gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256,
-                     workers: int = 4, amp: bool = True, progress: bool = True,
+                     workers: int = 4, amp: bool = False, progress: bool = True,
                      desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """pool5 features and labels of every item of ``dataset`` (in order), float32 on the CPU.
 
@@ -116,7 +118,7 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     feats, labels = [], []
-    use_amp = amp and device.type == "cuda"
+    use_amp = uses_amp(amp, device)
     try:
         for images, targets in tqdm(loader, desc=desc, disable=not progress or rank != 0,
                                     unit="batch", leave=False):
@@ -211,7 +213,7 @@ def _all_ranks_agree(flag: bool) -> bool:
 
 def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Callable, device: torch.device,
                      model_id: str | None = None, cache: FeatureCache | None = None, view_seed: int | None = None,
-                     batch_size: int = 256, workers: int = 4, amp: bool = True, progress: bool = True,
+                     batch_size: int = 256, workers: int = 4, amp: bool = False, progress: bool = True,
                      dataset: Dataset | None = None) -> FeatureSet:
     """Features of the data set ``spec`` seen through ``transform``, from the cache when possible.
 
@@ -232,7 +234,7 @@ def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Calla
         description = {"format": CACHE_FORMAT, "model": model_id, "dataset": str(parsed),
                        "fingerprint": dataset_fingerprint(dataset), "transform": repr(transform),
                        "view_seed": view_seed, "dtype": cache.dtype,
-                       "precision": "amp-fp16" if amp and device.type == "cuda" else "fp32"}
+                       "precision": precision_name(amp, device)}
         key = FeatureCache.key(description)
         hit = cache.load(key)
         if _all_ranks_agree(hit is not None):

@@ -10,6 +10,7 @@ from simsiam_eval.errors import UserError
 from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features,
                                    load_frozen_backbone)
 from simsiam_eval.knn import BACKENDS, PRESETS, WEIGHTINGS, flat_metrics, knn_classify
+from simsiam_eval.precision import precision_name
 from simsiam_eval.results.records import build_record
 
 KNN_DEFAULTS = {
@@ -28,7 +29,7 @@ KNN_DEFAULTS = {
     "batch_size": 256,
     "workers": 8,
     "device": "auto",
-    "amp": True,                 # mixed precision feature extraction on CUDA
+    "amp": False,                # fp16 autocast feature extraction on CUDA (official: fp32)
     "progress": True,
     "cache": True,               # reuse / store features in cache_dir
     "cache_dir": "",             # empty: $SIMSIAM_EVAL_CACHE or ~/.cache/simsiam-eval/features
@@ -98,7 +99,7 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     seconds.update(result.seconds)
     data = {"train": cfg.train, "val": cfg.val, "num_train": len(train), "num_val": len(val),
             "num_classes": len(train.classes)}
-    settings = {"k": ks, "temperature": cfg.temperature, "weighting": cfg.weighting, "preset": cfg.preset or None,
+    settings = {"k": ks, "temperature": cfg.temperature, "precision": precision_name(cfg.amp, info.device), "weighting": cfg.weighting, "preset": cfg.preset or None,
                 "backend": result.backend, "feature_dim": int(train.features.shape[1]), "transform": repr(transform),
                 "per_k": {str(k): m for k, m in result.metrics.items()},
                 "timings": {k: round(v, 3) for k, v in seconds.items()}}

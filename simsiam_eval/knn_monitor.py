@@ -26,10 +26,11 @@ def _open(spec: str, image_size: int) -> Dataset:
 
 
 def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device, image_size: int,
-                    batch_size: int = 256, workers: int | None = None) -> dict[str, float]:
+                    batch_size: int = 256, workers: int | None = None, amp: bool = False) -> dict[str, float]:
     """``{"knn_top1", "knn_top5"}`` (percent) of ``backbone``'s pool5 features, first k of ``knn_cfg.k``.
 
-    ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature). The
+    ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature); ``amp``
+    follows the pretraining's precision (fp16 autocast on CUDA only when asked for). The
     backbone is switched to eval mode and every submodule gets its mode back afterwards. Call it on
     every process under torchrun: extraction is split across processes and gathered.
     """
@@ -42,7 +43,7 @@ def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device,
         spec = knn_cfg[split]
         transform = eval_transform(image_size)
         sets[split] = dataset_features(backbone, spec, transform, device, batch_size=batch_size, workers=workers,
-                                       progress=False, dataset=_open(spec, image_size))
+                                       amp=amp, progress=False, dataset=_open(spec, image_size))
     check_same_classes(sets["train"].classes, sets["val"].classes, knn_cfg["train"], knn_cfg["val"])
     result = knn_classify(sets["train"].features, sets["train"].labels, sets["val"].features, sets["val"].labels,
                           ks=ks, temperature=knn_cfg["temperature"])

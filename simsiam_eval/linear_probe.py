@@ -23,6 +23,7 @@ from simsiam_eval.errors import UserError
 from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone, pool5
 from simsiam_eval.linear import (DEFAULT_BASE_LR, DEFAULT_BATCH_SIZE, OPTIMIZERS, LinearTrainer, build_classifier,
                                  build_optimizer)
+from simsiam_eval.precision import precision_name, uses_amp
 from simsiam_eval.results.records import build_record
 
 MODES = ("protocol", "cached")
@@ -51,7 +52,7 @@ LINEAR_DEFAULTS = {
     "eval_batch_size": 256,      # images per batch for validation and feature extraction
     "workers": 8,
     "device": "auto",
-    "amp": True,                 # mixed precision for the frozen backbone on CUDA
+    "amp": False,                # fp16 autocast for the frozen backbone on CUDA (official: fp32)
     "seed": 0,
     "resume": True,              # continue from output_dir/linear_state.pth when it is there
     "progress": True,
@@ -153,7 +154,7 @@ def _protocol_batches(cfg: Config, info: DistInfo, backbone):
     train_loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, **loader_options)
     val_loader = DataLoader(Subset(val_set, range(info.rank, len(val_set), info.world_size)),
                             batch_size=cfg.eval_batch_size, shuffle=False, **loader_options)
-    use_amp = cfg.amp and info.device.type == "cuda"
+    use_amp = uses_amp(cfg.amp, info.device)
 
     def embed(loader):
         backbone.eval()  # frozen BN statistics, whatever mode the module was handed over in
@@ -206,6 +207,7 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
     resumed_from = trainer.resume() if cfg.resume else 0
     history = trainer.fit(train_batches, val_batches, reduce=distributed_fc)
     settings = {"mode": cfg.mode, "views": cfg.views, "optimizer": cfg.optimizer, "epochs": cfg.epochs,
+                "precision": precision_name(cfg.amp, info.device),
                 "batch_size": batch, "base_lr": base_lr, "lr": lr, "momentum": cfg.momentum,
                 "weight_decay": cfg.weight_decay, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None,
                 "schedule": "cosine per epoch", "image_size": cfg.image_size, "transforms": transforms,

@@ -22,7 +22,7 @@ def pretrain(shapes_root: Path, output_dir: Path, *extra: str) -> int:
 
 def test_checkpoint_loads_by_the_main_lincls_procedure(shapes_root, tmp_path):
     assert pretrain(shapes_root, tmp_path, "epochs=1", "model.stem=imagenet", "model.width=64") == 0
-    checkpoint = torch.load(tmp_path / "checkpoint_0001.pth.tar", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(tmp_path / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["arch"]) == (1, "resnet18")
     assert {"state_dict", "optimizer"} <= checkpoint.keys()
     # main_lincls.py: keep module.encoder.* except module.encoder.fc, strip the prefix, strict=False.
@@ -44,21 +44,31 @@ def test_resume_gives_the_same_weights_as_training_straight(shapes_root, tmp_pat
     assert pretrain(shapes_root, tmp_path / "straight", "epochs=2", "workers=1") == 0
     assert pretrain(shapes_root, tmp_path / "resumed", "epochs=1", "workers=1") == 0
     assert pretrain(shapes_root, tmp_path / "resumed", "epochs=2", "workers=1") == 0  # auto-resume
-    straight = torch.load(tmp_path / "straight/checkpoint_0002.pth.tar", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed/checkpoint_0002.pth.tar", weights_only=True)
+    straight = torch.load(tmp_path / "straight/checkpoint_0001.pth.tar", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed/checkpoint_0001.pth.tar", weights_only=True)
     assert straight["state_dict"].keys() == resumed["state_dict"].keys()
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
-    first = torch.load(tmp_path / "resumed/checkpoint_0001.pth.tar", weights_only=True)
+    first = torch.load(tmp_path / "resumed/checkpoint_0000.pth.tar", weights_only=True)
     assert not torch.equal(first["state_dict"]["module.encoder.conv1.weight"],
                            resumed["state_dict"]["module.encoder.conv1.weight"])
     lines = (tmp_path / "resumed/metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # one line per epoch, none duplicated by the resume
 
 
+def test_checkpoint_names_are_the_official_zero_based_epoch_index(shapes_root, tmp_path):
+    # main_simsiam.py: filename='checkpoint_{:04d}.pth.tar'.format(epoch) for the 0-based loop index,
+    # holding 'epoch': epoch + 1 (a 100-epoch run ends with checkpoint_0099 holding epoch 100)
+    assert pretrain(shapes_root, tmp_path, "epochs=3") == 0
+    names = sorted(p.name for p in tmp_path.glob("checkpoint_*"))
+    assert names == ["checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar", "checkpoint_0002.pth.tar"]
+    held = [torch.load(tmp_path / name, weights_only=True)["epoch"] for name in names]
+    assert held == [1, 2, 3]
+
+
 def test_keep_last_and_finished_run(shapes_root, tmp_path, capsys):
     assert pretrain(shapes_root, tmp_path, "epochs=3", "keep_last=1") == 0
-    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == ["checkpoint_0003.pth.tar"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*")) == ["checkpoint_0002.pth.tar"]
     capsys.readouterr()
     assert pretrain(shapes_root, tmp_path, "epochs=3") == 0
     assert "already trained for 3 epochs (epochs=3); nothing to do" in capsys.readouterr().out
@@ -72,7 +82,7 @@ def test_two_process_gloo_ddp(shapes_root, tmp_path):
                f"data.train=shapes:{shapes_root}@train", "epochs=1", *TINY]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(tmp_path / "checkpoint_0001.pth.tar", weights_only=True)
+    checkpoint = torch.load(tmp_path / "checkpoint_0000.pth.tar", weights_only=True)
     keys = checkpoint["state_dict"].keys()
     assert all(k.startswith(("module.encoder.", "module.predictor.")) for k in keys)
     assert "module.encoder.fc.4.running_mean" in keys  # SyncBN converted back to the plain BN names
@@ -113,5 +123,5 @@ def test_resume_with_another_arch_is_refused(shapes_root, tmp_path, capsys):
     code, err = run_cli(capsys, "pretrain", "pretrain/shapes_cpu", f"output_dir={tmp_path}",
                         f"data.train=shapes:{shapes_root}@train", *TINY, "epochs=2", "model.arch=resnet34")
     assert code == 2
-    assert err == (f"simsiam-eval pretrain: error: {tmp_path}/checkpoint_0001.pth.tar: cannot resume, the "
+    assert err == (f"simsiam-eval pretrain: error: {tmp_path}/checkpoint_0000.pth.tar: cannot resume, the "
                    "checkpoint's model differs: arch='resnet18' (config has 'resnet34')")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simsiam_eval.errors import UserError
+from simsiam_eval.precision import AMP_FP16, FP32
 from simsiam_eval.results.records import build_record
 from simsiam_eval.results.store import publish_record, resolve_db_path
 from transfer.configs import task_config, task_data_name
@@ -222,6 +223,7 @@ def run_settings(options: TransferOptions, config_file: Path, cfg, devices: int,
             "model": model_name(cfg),
             "devices": devices, "device": cfg.MODEL.DEVICE, "ims_per_batch": solver.IMS_PER_BATCH,
             "base_lr": solver.BASE_LR, "max_iter": solver.MAX_ITER, "steps": list(solver.STEPS),
+            "precision": AMP_FP16 if solver.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda") else FP32,
             "scaling": scaling, "output_dir": str(output_dir), "detectron2": detectron2_version(),
             "data_root": str(dataset_root())}
 
