@@ -348,7 +348,8 @@ def main() -> int:
                    ("dino ResNet-50 (main_dino.py)", "dino", "--dino", dino_source),
                    ("solo-learn ResNet-50, ImageNet", "solo_learn", "--solo-learn",
                     partial(solo_learn_source, cifar=False)),
-                   ("solo-learn ResNet-18, CIFAR", "solo_learn", "--solo-learn", partial(solo_learn_source, cifar=True)),
+                   ("solo-learn ResNet-18, CIFAR", "solo_learn", "--solo-learn",
+                    partial(solo_learn_source, cifar=True)),
                    ("vissl ResNet-50 trunk", "vissl", "--vissl", vissl_source)]
         for name, key, option, build in sources:
             checkout = getattr(args, key)
