@@ -4,8 +4,9 @@
 For every source whose producing code runs here, the model is built with that upstream code, given a
 training step (so BN statistics, momentum encoders and heads are not at their initial values), saved as
 its training script saves it, converted by ``convert_checkpoint`` to torchvision weights, and loaded by
-torchvision's own ResNet. Compared: the detected ``--from`` format, and the pooled features of the
-converted backbone against the upstream module's pooled features on the same input (eval mode, <= 1e-5).
+torchvision's own ResNet. Compared: the detected ``--from`` format, and the upstream module's pooled
+features on the same input (eval mode, <= 1e-5) against those of the checkpoint as our evaluations read it
+and those of the converted file (a stem no target format records must instead be refused).
 
     python tools/parity/checkpoint_sources.py --simsiam DIR --moco DIR --moco-v3 DIR --dino DIR \\
         --solo-learn DIR --vissl DIR
@@ -34,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from common import REPO_ROOT, ParityReport, Row  # noqa: E402
+import torchvision  # noqa: E402
+from common import ParityReport, Row  # noqa: E402
 from moco_detection import build_moco_checkpoint, ddp_state_dict  # noqa: E402
 from torchvision import models  # noqa: E402
 
@@ -51,8 +53,9 @@ class Source:
     path: Path
     expected_format: str
     features: Callable[[torch.Tensor], torch.Tensor]  # the upstream module's pooled features
-    stem: str = "imagenet"
     arch: str = "resnet50"
+    size: int = 64            # input images of size x size pixels
+    convertible: bool = True  # False: no target format can record its stem, conversion must be refused
     note: str = ""
 
 
@@ -207,10 +210,10 @@ def solo_learn_source(checkout: Path, scratch: Path, cifar: bool) -> Source:
     torch.save({"epoch": 999, "global_step": 97000, "pytorch-lightning_version": "2.1.2",
                 "state_dict": module.state_dict(), "loops": {}, "callbacks": {}, "optimizer_states": [],
                 "lr_schedulers": [], "hparams_name": "cfg", "hyper_parameters": {"method": "byol"}}, path)
-    stem = f"fallback (lightning not installed): solo-learn's factory + surgery conv1 = {surgery['conv1']}" \
-        if cifar else "fallback (lightning not installed): solo-learn's factory + surgery fc = Identity"
-    return Source(path, "solo-learn", lambda x: module.backbone.eval()(x), stem="cifar" if cifar else "imagenet",
-                  arch=arch, note=stem)
+    surgery_done = f"conv1 = {surgery['conv1']}" if cifar else "fc = Identity"
+    note = f"fallback (lightning not installed): solo-learn's factory + base.py's surgery {surgery_done}"
+    return Source(path, "solo-learn", lambda x: module.backbone.eval()(x), arch=arch, size=size,
+                  convertible=not cifar, note=note)
 
 
 def vissl_source(checkout: Path, scratch: Path) -> Source:
@@ -289,12 +292,9 @@ def torchvision_source(scratch: Path) -> Source:
 
 
 # ----------------------------------------------------------------------------- the comparison
-def torchvision_backbone(path: Path, arch: str, stem: str) -> nn.Module:
-    """The converted file loaded by torchvision's own ResNet (3x3 stride-1 conv1, no max-pool for the CIFAR
-    stem); only fc may be missing, and fc becomes Identity."""
+def torchvision_backbone(path: Path, arch: str) -> nn.Module:
+    """The converted file loaded by torchvision's own ResNet; only fc may be missing, and fc becomes Identity."""
     net = models.__dict__[arch]()
-    if stem == "cifar":
-        net.conv1, net.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
     missing = net.load_state_dict(torch.load(path, weights_only=True), strict=False)
     if set(missing.missing_keys) != {"fc.weight", "fc.bias"} or missing.unexpected_keys:
         raise SystemExit(f"{path}: not a complete {arch} backbone ({missing})")
@@ -303,7 +303,12 @@ def torchvision_backbone(path: Path, arch: str, stem: str) -> nn.Module:
 
 
 def compare(report: ParityReport, name: str, build: Callable[[], Source], scratch: Path) -> None:
+    """Rows: the format detected; the pooled features of the checkpoint as our evaluations read it
+    (read_checkpoint + build_backbone: knn, linear, features); those of the converted .pth in torchvision's
+    own ResNet (or, for a stem no target format records, that the conversion is refused)."""
+    from simsiam_eval.checkpoints import build_backbone, read_checkpoint
     from simsiam_eval.checkpoints.convert import convert_checkpoint
+    from simsiam_eval.errors import UserError
 
     try:
         source = build()
@@ -311,17 +316,39 @@ def compare(report: ParityReport, name: str, build: Callable[[], Source], scratc
         report.rows.append(Row(f"{name}: pooled features", float("inf"), TOLERANCE,
                                f"not run: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
         return
-    output = scratch / f"{source.path.stem}.converted.pth"
-    converted = convert_checkpoint(source.path, output, "torchvision")
-    report.add_equal(f"{name}: format detected", converted.source.source_format, source.expected_format,
-                     f"{converted.source.arch}, {converted.source.stem} stem, {len(converted.source.found)} backbone "
-                     f"tensors; dropped {', '.join(f'{g} ({n})' for g, n in converted.source.dropped_groups.items())}")
-    size = 32 if source.stem == "cifar" else 64
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    ckpt = read_checkpoint(source.path)
+    report.add_equal(f"{name}: format detected", ckpt.source_format, source.expected_format,
+                     f"{ckpt.arch}, {ckpt.stem} stem, {len(ckpt.found)} backbone tensors; dropped "
+                     f"{', '.join(f'{g} ({n})' for g, n in ckpt.dropped_groups.items())}")
+    x = torch.randn(2, 3, source.size, source.size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ours, theirs = torchvision_backbone(output, source.arch, source.stem)(x), source.features(x)
-    report.add(f"{name}: pooled features", ours, theirs, TOLERANCE,
-               f"{tuple(theirs.shape)}, {size}-px input" + (f"; {source.note}" if source.note else ""))
+        theirs = source.features(x)
+        report.add(f"{name}: pooled features, checkpoint as read (knn, linear)", build_backbone(ckpt)(x), theirs,
+                   TOLERANCE, f"{tuple(theirs.shape)}, {source.size}-px input"
+                              + (f"; {source.note}" if source.note else ""))
+    output = scratch / f"{source.path.stem}.converted.pth"
+    try:
+        convert_checkpoint(source.path, output, "torchvision")
+    except UserError as exc:
+        reason = str(exc).split(": ", 1)[-1]  # without the scratch path
+        report.rows.append(Row(f"{name}: conversion to torchvision", 0.0 if not source.convertible else float("inf"),
+                               0.0, f"refused{' as it must be' if not source.convertible else ''}: {reason}"))
+        return
+    if not source.convertible:
+        report.rows.append(Row(f"{name}: conversion to torchvision", float("inf"), 0.0,
+                               "converted, although no torchvision file records its stem"))
+        return
+    with torch.no_grad():
+        converted = torchvision_backbone(output, source.arch)(x)
+    report.add(f"{name}: pooled features, converted .pth in torchvision's resnet", converted, theirs, TOLERANCE)
+
+
+def timm_version() -> str:
+    try:
+        import timm
+    except ImportError:
+        return "(not installed)"
+    return timm.__version__
 
 
 def not_given(report: ParityReport, name: str, option: str) -> None:
@@ -338,8 +365,9 @@ def main() -> int:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     refs = ", ".join(COMMITS[k] for k in COMMITS if getattr(args, k) is not None)
+    installed = f"timm {timm_version()}, torchvision {torchvision.__version__} as installed"
     report = ParityReport("Checkpoint sources: upstream model -> simsiam-eval convert -> torchvision, pooled "
-                          "features", f"{refs}; timm, torchvision as installed (code from {REPO_ROOT.name})")
+                          "features", f"{refs}; {installed}")
     with tempfile.TemporaryDirectory(prefix="checkpoint_sources_") as tmp:
         scratch = Path(tmp)
         sources = [("simsiam (main_simsiam.py)", "simsiam", "--simsiam", simsiam_source),
