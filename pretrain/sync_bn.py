@@ -2,15 +2,36 @@
 
 torch's SyncBatchNorm refuses CPU modules under DDP; ``AllReduceBatchNorm`` computes the same
 statistics (sum, sum of squares and count, all-reduced differentiably over the process group),
-so multi-process CPU runs (gloo) train like one process with the whole batch.
+so multi-process CPU runs (gloo) train like one process with the whole batch. Both conversions keep
+the parameter and buffer objects, so an optimiser built before the conversion still trains them.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+# What a conversion hands over from the old module to the new one: the objects themselves, not copies.
+_SHARED_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over all processes, differentiable: each input's gradient is the sum of every process's
+    output gradient. (``torch.distributed.nn.functional.all_reduce`` does this too but is deprecated;
+    this uses only the public ``dist.all_reduce``, available in every torch the package supports.)"""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total
 
 
 class AllReduceBatchNorm(_BatchNorm):
@@ -26,7 +47,7 @@ class AllReduceBatchNorm(_BatchNorm):
         channels = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         local = torch.cat([x.sum(dims), (x * x).sum(dims), x.new_tensor([x.numel() // channels])])
-        total = dist_fn.all_reduce(local)
+        total = _AllReduceSum.apply(local)
         count = total[-1]
         mean = total[:channels] / count
         var = total[channels:2 * channels] / count - mean * mean
@@ -47,7 +68,8 @@ def _convert_to_all_reduce(module: nn.Module) -> nn.Module:
     if isinstance(module, _BatchNorm):
         converted = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                        module.track_running_stats)
-        converted.load_state_dict(module.state_dict())
+        for name in _SHARED_TENSORS:
+            setattr(converted, name, getattr(module, name))
         converted.train(module.training)
         return converted
     for name, child in module.named_children():

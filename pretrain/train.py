@@ -154,6 +154,25 @@ def _epoch_line(record: dict, epochs: int) -> str:
     return line
 
 
+def build_model_and_optimizer(cfg: Config, info: DistInfo, init_lr: float) -> tuple[SimSiam, torch.optim.SGD]:
+    """The SimSiam model on its device (BatchNorm synchronised over processes when asked) and the SGD
+    optimiser over its parameters, built after the conversion so that it holds what the model uses."""
+    model = build_model(cfg.model).to(info.device)
+    if info.distributed and cfg.model.sync_bn:
+        model = convert_sync_batchnorm(model, info.device)
+    optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
+    return model, optimizer
+
+
+def wrap_for_training(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
+    """DDP over several processes; channels_last on CUDA when asked."""
+    if info.distributed:
+        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if cfg.channels_last and info.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def train(cfg: Config) -> Path | None:
     """Pretrain SimSiam as ``cfg`` says; return the last checkpoint written (None if already done)."""
     info = init_distributed(cfg.device)
@@ -179,9 +198,8 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     else:
         torch.backends.cudnn.benchmark = True
     loader, sampler = build_loader(cfg, info)
-    model = build_model(cfg.model).to(info.device)
     init_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
-    optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
+    model, optimizer = build_model_and_optimizer(cfg, info, init_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=uses_amp(cfg.amp, info.device))
     start_epoch = resume_if_possible(cfg, model, optimizer, scaler, output_dir, info)
     if start_epoch == 0 and info.is_main:
@@ -191,12 +209,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     if start_epoch >= cfg.epochs:
         _log(info, f"{output_dir}: already trained for {start_epoch} epochs (epochs={cfg.epochs}); nothing to do")
         return None
-    if info.distributed:
-        if cfg.model.sync_bn:
-            model = convert_sync_batchnorm(model, info.device)
-        model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    if cfg.channels_last and info.device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = wrap_for_training(model, cfg, info)
     metrics = MetricsLog(output_dir, cfg.tensorboard) if info.is_main else None
     if metrics is not None:
         metrics.truncate_after("epoch", start_epoch)

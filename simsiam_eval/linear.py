@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,7 +23,11 @@ from simsiam_eval.metrics_log import MetricsLog
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (features (B, D) float32, labels (B,)) on the device
 OPTIMIZERS = ("lars", "sgd")
-DEFAULT_BASE_LR = {"lars": 0.1, "sgd": 30.0}      # main_lincls: LARS 0.1 x batch/256 (=1.6 at 4096), SGD 30
+# lars: SimSiam's main_lincls.py --lars (--lr 0.1 x batch/256, -b 4096: lr 1.6). sgd: the lr and batch of MoCo's
+# main_lincls.py (facebookresearch/moco 87e36d3: --lr 30, -b 256, lr not scaled by batch; 100 epochs, x0.1 at
+# epochs 60 and 80), run here on SimSiam's cosine schedule and epochs; SimSiam's own code without --lars
+# would run SGD at 0.1 x batch/256.
+DEFAULT_BASE_LR = {"lars": 0.1, "sgd": 30.0}
 DEFAULT_BATCH_SIZE = {"lars": 4096, "sgd": 256}
 
 
@@ -51,6 +55,16 @@ def build_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_
 def cosine_lr(init_lr: float, epoch: int, epochs: int) -> float:
     """main_lincls' per-epoch schedule: init_lr * 0.5 * (1 + cos(pi * epoch / epochs))."""
     return init_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def record_metrics(history: Sequence[Mapping]) -> dict[str, float]:
+    """The record's metrics from the per-epoch rows: ``top1``/``top5`` and ``best_epoch`` (1-based) of the
+    best epoch, as main_lincls reports it (``best_acc1``; ``model_best.pth.tar`` is saved only when top-1
+    beats every earlier epoch, so the first of tied epochs), ``last_top1``/``last_top5`` of the last one,
+    and the last epoch's training ``loss``."""
+    best, last = max(history, key=lambda row: row["top1"]), history[-1]  # max keeps the first of ties
+    return {"top1": best["top1"], "top5": best["top5"], "best_epoch": best["epoch"],
+            "last_top1": last["top1"], "last_top5": last["top5"], "loss": last["loss"]}
 
 
 def _sum_over_processes(values: torch.Tensor) -> torch.Tensor:

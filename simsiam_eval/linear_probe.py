@@ -1,9 +1,11 @@
 """``linear`` evaluation of a checkpoint: main_lincls (``protocol``) or the fast ``cached`` deviation.
 
 protocol: frozen backbone in eval mode; every step embeds RandomResizedCrop+flip images; fc
-          N(0, 0.01)/0; LARS (apex LARC, trust 0.001, clip False) batch 4096, lr 0.1 x batch/256, or
-          SGD lr 30 x batch/256 with batch 256; cosine per epoch; momentum 0.9, wd 0; validation
-          Resize+CenterCrop every epoch; at the end the backbone must be bit-identical.
+          N(0, 0.01)/0; LARS (apex LARC, trust 0.001, clip False) batch 4096, lr 0.1 x batch/256
+          (SimSiam's main_lincls --lars), or SGD lr 30 x batch/256 with batch 256 (MoCo's main_lincls
+          lr and batch); cosine per epoch; momentum 0.9, wd 0; validation Resize+CenterCrop every
+          epoch; at the end the backbone must be bit-identical. The record's top-1/top-5 are the best
+          epoch's, as main_lincls reports them; the last epoch's are kept beside them.
 cached:   the same classifier and optimiser on pool5 features computed once (the eval view, or
           ``views`` cached augmented views per image, one drawn per image per epoch).
 """
@@ -22,7 +24,7 @@ from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone, pool5
 from simsiam_eval.linear import (DEFAULT_BASE_LR, DEFAULT_BATCH_SIZE, OPTIMIZERS, LinearTrainer, build_classifier,
-                                 build_optimizer)
+                                 build_optimizer, record_metrics)
 from simsiam_eval.precision import precision_name, uses_amp
 from simsiam_eval.results.records import build_record
 
@@ -36,7 +38,7 @@ LINEAR_DEFAULTS = {
     "mode": "protocol",          # protocol (main_lincls) | cached (features computed once: a deviation)
     "views": 0,                  # cached: 0 = train on the eval view; N = N cached augmented views per image
     "epochs": 90,
-    "optimizer": "lars",         # lars | sgd
+    "optimizer": "lars",         # lars (SimSiam main_lincls --lars) | sgd (MoCo main_lincls' lr 30, batch 256)
     "batch_size": 0,             # 0: 4096 for lars, 256 for sgd (total over processes)
     "base_lr": 0.0,              # 0: 0.1 for lars, 30 for sgd; lr = base_lr * batch_size / 256
     "momentum": 0.9,
@@ -220,9 +222,7 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
         if changed:
             raise RuntimeError(f"the frozen backbone changed during linear training: {changed[:5]}")
         settings["backbone_unchanged"] = True
-    last = history[-1]
-    metrics = {"top1": last["top1"], "top5": last["top5"], "best_top1": max(r["top1"] for r in history),
-               "loss": last["loss"]}
+    metrics = record_metrics(history)
     data = {"train": cfg.train, "val": cfg.val, **{k: sizes[k] for k in ("num_train", "num_val", "num_classes")}}
     protocol = "linear" if cfg.mode == "protocol" else "linear-cached"
     return build_record(protocol, metrics, checkpoint, data, settings, started, time.perf_counter() - clock,

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision import transforms as T
 
 from simsiam_eval.data import open_dataset, parse_spec
 from simsiam_eval.data.shapes import CLASSES, ShapesSettings, write_shapes_dataset
+from simsiam_eval.data.transforms import eval_transform, linear_train_transform
 from simsiam_eval.errors import UserError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -140,3 +143,19 @@ def test_shapes_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="not a shapes data set"):
         open_dataset(f"shapes:{tmp_path / 'mine'}")
+
+
+def test_linear_transforms_are_main_lincls():
+    """main_lincls.py: train RandomResizedCrop(224) + RandomHorizontalFlip, val Resize(256) + CenterCrop(224),
+    then ToTensor and ImageNet Normalize; the same tensors for the same image and RNG seed."""
+    normalize = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    official = {"train": T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize]),
+                "val": T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize])}
+    ours = {"train": linear_train_transform(224), "val": eval_transform(224)}
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 260, 3), dtype=np.uint8))
+    for split in ("train", "val"):
+        for seed in range(4):
+            torch.manual_seed(seed)
+            expected = official[split](image)
+            torch.manual_seed(seed)
+            assert torch.equal(ours[split](image), expected), (split, seed)

@@ -75,3 +75,26 @@ def test_exclude_1d_skips_adaptation_and_weight_decay_for_biases():
     assert bias.detach().tolist() == pytest.approx([0.7 - LR * 0.5, -0.2 - LR * 0.25], rel=1e-12)
     expected = hand_update([0.3, -1.2, 2.0, 0.05], [0.01, 0.4, -0.02, 3.0], 0.1)
     assert weight.detach().flatten().tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_two_steps_worked_out_by_hand():
+    """apex LARC (trust 0.001, clip False) wrapping SGD(lr 1.6, momentum 0.9), numbers worked on paper.
+
+    w = (3, 4), |w| = 5; g = (0.6, 0.8), |g| = 1. Step 1: local lr 0.001 * 5 / 1 = 0.005, update (0.003, 0.004),
+    w1 = w - 1.6 * update = (2.9952, 3.9936). With weight decay 0.1: local 0.005 / (1 + 0.1 * 5) and
+    g + 0.1 w = (0.9, 1.2) give the same update. Step 2 (no weight decay), same g: |w1| = 4.992, update
+    (0.0029952, 0.0039936), momentum buffer 0.9 * (0.003, 0.004) + update = (0.0056952, 0.0075936),
+    w2 = w1 - 1.6 * buffer = (2.98608768, 3.98145024). A zero bias takes a plain step: 0 - 1.6 * (0.5, -0.25).
+    """
+    for wd, second in ((0.0, [2.98608768, 3.98145024]), (0.1, None)):
+        w = torch.nn.Parameter(torch.tensor([3.0, 4.0], dtype=torch.float64))
+        b = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        opt = LARS([w, b], lr=1.6, momentum=0.9, weight_decay=wd)
+        w.grad, b.grad = torch.tensor([0.6, 0.8], dtype=torch.float64), torch.tensor([0.5, -0.25], dtype=torch.float64)
+        opt.step()
+        assert w.detach().tolist() == pytest.approx([2.9952, 3.9936], rel=1e-7)
+        assert b.detach().tolist() == pytest.approx([-0.8, 0.4], rel=1e-12)
+        if second:
+            w.grad, b.grad = torch.tensor([0.6, 0.8], dtype=torch.float64), None
+            opt.step()
+            assert w.detach().tolist() == pytest.approx(second, rel=1e-7)

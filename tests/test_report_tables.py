@@ -56,7 +56,7 @@ def hand_stats(values):
 def test_table4_aggregates_trials(records):
     table = table4(measurements(records))
     row = ("mine/checkpoint_0005", "5")
-    for column, values in ((("shapes", "kNN top-1"), KNN), (("shapes", "linear top-1"), LINEAR)):
+    for column, values in ((("shapes", "kNN top-1"), KNN), (("shapes", "linear top-1 (best epoch)"), LINEAR)):
         mean, std, n = hand_stats(values)
         assert table.mean.loc[row, column] == pytest.approx(mean)
         assert table.std.loc[row, column] == pytest.approx(std)
@@ -65,8 +65,41 @@ def test_table4_aggregates_trials(records):
     assert table.mean.loc[random_row, ("shapes", "kNN top-1")] == 30.0
     assert math.isnan(table.std.loc[random_row, ("shapes", "kNN top-1")])  # one trial: no sample std
     assert table.n.loc[random_row, ("shapes", "kNN top-1")] == 1
-    assert list(table.mean.columns) == [("shapes", "kNN top-1"), ("shapes", "linear top-1"),
-                                        ("shapes", "linear top-1 (cached)")]
+    assert list(table.mean.columns) == [("shapes", "kNN top-1"), ("shapes", "linear top-1 (best epoch)"),
+                                        ("shapes", "linear top-1 (cached, best epoch)")]
+
+
+LINEAR_METRICS = {"top1": 72.0, "top5": 99.0, "best_epoch": 7, "last_top1": 70.0, "last_top5": 98.0}
+
+
+def test_table4_linear_column_says_which_epoch_it_shows(tmp_path, capsys):
+    recs = [record("linear", LINEAR_METRICS), record("linear-cached", {**LINEAR_METRICS, "top1": 66.0})]
+    best = table4(measurements(recs))  # default: main_lincls' headline, the best epoch
+    assert list(best.mean.columns) == [("shapes", "linear top-1 (best epoch)"),
+                                       ("shapes", "linear top-1 (cached, best epoch)")]
+    assert list(best.mean.iloc[0]) == [72.0, 66.0]
+    assert any("best epoch" in note and "main_lincls" in note for note in best.notes)
+    last = table4(measurements(recs), linear_epoch="last")
+    assert list(last.mean.columns) == [("shapes", "linear top-1 (last epoch)"),
+                                       ("shapes", "linear top-1 (cached, last epoch)")]
+    assert list(last.mean.iloc[0]) == [70.0, 70.0]
+    assert "main_lincls" in to_markdown(best) and "last epoch" in to_markdown(last)
+    with pytest.raises(UserError, match="best, last"):
+        table4(measurements(recs), linear_epoch="final")
+    db = tmp_path / "results.db"
+    for rec in recs:
+        publish_record(rec, db_path=db)
+    assert main(["table", str(db), "--linear-epoch", "last"]) == 0
+    out = capsys.readouterr().out
+    assert "linear top-1 (last epoch)" in out and "70.0 (n=1)" in out and "72.0" not in out
+
+
+def test_records_written_before_best_and_last_were_separated_read_correctly():
+    # such records held top1/top5 of the last epoch and best_top1 (no best_epoch, no best top-5)
+    old = record("linear", {"top1": 60.0, "top5": 90.0, "best_top1": 65.0, "loss": 1.0})
+    long = measurements([old]).set_index("metric")["value"]
+    assert long.to_dict() == {"top1": 65.0, "last_top1": 60.0, "last_top5": 90.0, "loss": 1.0}
+    assert table4(measurements([old]), linear_epoch="last").mean.iloc[0, 0] == 60.0
 
 
 def test_table5_layout_and_metric_names(records):

@@ -16,7 +16,7 @@ PRETRAIN_PRESET = "pretrain/shapes_cpu"
 LINEAR_TRIALS = 3
 PRETRAINED_NAME = "SimSiam (demo)"
 # The cached linear probe with plain SGD: on a 1200-image training set LARS at batch 4096 takes one
-# step per epoch, and SGD's ImageNet lr of 30 diverges on randomly initialised features. lr 1.0:
+# step per epoch, and MoCo's main_lincls SGD lr of 30 diverges on randomly initialised features. lr 1.0:
 # pretrained pool5 features are ~4x smaller in norm than torchvision-init ones, and 100 epochs at
 # lr 0.1 leave their classifier unconverged (lr 1.0 and 3.0 agree within 1.5 points; 0.1 does not).
 LINEAR_SETTINGS = ["mode=cached", "optimizer=sgd", "base_lr=1.0", "batch_size=256", "epochs=100"]

@@ -15,8 +15,10 @@ def register(subparsers) -> None:
         "linear", help="linear-probe accuracy of a checkpoint's frozen features (main_lincls)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a linear classifier on the frozen pool5 features of a checkpoint. mode=protocol "
-                    "reproduces the official main_lincls.py (LARS batch 4096 lr 1.6 or SGD lr 30, cosine, "
-                    "90 epochs, RandomResizedCrop+flip, backbone checked unchanged); mode=cached trains the "
+                    "reproduces SimSiam's main_lincls.py (LARS batch 4096 lr 1.6, cosine, 90 epochs, "
+                    "RandomResizedCrop+flip, backbone checked unchanged; --optimizer sgd: MoCo's main_lincls "
+                    "lr 30 and batch 256 on the same cosine schedule); the record's top-1/top-5 are the best "
+                    "epoch's, as main_lincls reports them, beside the last epoch's; mode=cached trains the "
                     "same layer on features computed once (a documented deviation, much faster). "
                     "Resumable; metrics.jsonl per epoch; writes a JSON record and appends it to the results "
                     "database.\n\nSeveral processes: torchrun --nproc_per_node=N -m simsiam_eval linear ...",
@@ -25,9 +27,12 @@ def register(subparsers) -> None:
     parser.add_argument("--mode", choices=MODES, help="protocol (main_lincls) or cached features")
     parser.add_argument("--views", type=int, help="cached mode: augmented views cached per image "
                                                   "(0: train on the centre-crop view)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="lars (apex LARC semantics) or sgd")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS,
+                        help="lars (SimSiam's main_lincls --lars: apex LARC semantics; default) or sgd (the lr "
+                             "30 / batch 256 of MoCo's main_lincls, here with the cosine schedule)")
     parser.add_argument("--epochs", type=int, help="training epochs (default 90)")
-    parser.add_argument("--base-lr", type=float, help="lr = base_lr * batch_size / 256 (default 0.1 lars, 30 sgd)")
+    parser.add_argument("--base-lr", type=float,
+                        help="lr = base_lr * batch_size / 256 (default 0.1 lars as SimSiam, 30 sgd as MoCo)")
     parser.add_argument("--seed", type=int, help="seed of the classifier init and the data order")
     parser.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                         help="start over even if output_dir holds a saved state")
@@ -46,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main:
             path = publish(record, cfg, "linear.json")
             m = record["metrics"]
-            print(f"linear ({cfg.mode}, {cfg.optimizer}, {cfg.epochs} epochs): top-1 {m['top1']:.2f}%  "
-                  f"top-5 {m['top5']:.2f}%  (best top-1 {m['best_top1']:.2f}%)")
+            print(f"linear ({cfg.mode}, {cfg.optimizer}, {cfg.epochs} epochs): best epoch {m['best_epoch']:.0f} "
+                  f"(main_lincls' headline): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%; last epoch: "
+                  f"top-1 {m['last_top1']:.2f}%  top-5 {m['last_top5']:.2f}%")
             print(f"record: {path}")
     finally:
         cleanup()

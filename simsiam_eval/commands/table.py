@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     select.add_argument("--protocol", action="append", metavar="PATTERN", help="knn, linear, transfer")
     select.add_argument("--dataset", action="append", metavar="PATTERN", help="dataset name, e.g. shapes, voc07")
     select.add_argument("--tag", action="append", metavar="PATTERN", help="a tag of the record")
+    parser.add_argument("--linear-epoch", default="best", choices=("best", "last"),
+                        help="Table 4's linear columns: the best epoch's top-1, as main_lincls reports it "
+                             "(best_acc1, model_best.pth.tar; default), or the last epoch's")
     pivot = parser.add_argument_group("custom pivot (--layout pivot)")
     pivot.add_argument("--rows", type=_csv_list, default=["name", "epochs"],
                        help="comma-separated fields for rows (default: name,epochs); fields: name, "
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("no records match the selection")
     threshold = None if args.no_bold else args.bold_threshold
     tables = comparison_tables(records, args.layout, args.reference, args.reference_file,
-                               args.rows, args.columns, args.metrics)
+                               args.rows, args.columns, args.metrics, args.linear_epoch)
     if not tables:
         raise UserError("the selected records have no kNN, linear or transfer metrics; try --layout pivot")
     for name, table in tables.items():

@@ -14,9 +14,10 @@ LAYOUTS = ("auto", "table4", "table5", "pivot")
 def comparison_tables(records: Iterable[dict], layout: str = "auto", reference: str = "auto",
                       reference_files: Sequence[str | Path] = (), rows: Sequence[str] = ("name", "epochs"),
                       columns: Sequence[str] = ("dataset", "protocol", "metric"),
-                      metrics: Sequence[str] | None = None) -> dict[str, Table]:
+                      metrics: Sequence[str] | None = None, linear_epoch: str = "best") -> dict[str, Table]:
     """Tables by layout name. ``auto``: Table 4 if there are kNN/linear records, Table 5 if there are
-    transfer records."""
+    transfer records. ``linear_epoch``: Table 4's linear columns show the ``best`` epoch (main_lincls)
+    or the ``last``."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     long = with_reference(measurements(records), reference, reference_files)
@@ -28,5 +29,5 @@ def comparison_tables(records: Iterable[dict], layout: str = "auto", reference: 
                                               ("table5", "transfer" in protocols)) if present]
     else:
         wanted = [layout]
-    builders = {"table4": table4, "table5": table5}
+    builders = {"table4": lambda frame: table4(frame, linear_epoch), "table5": table5}
     return {name: builders[name](long) for name in wanted}

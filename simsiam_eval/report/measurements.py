@@ -28,12 +28,24 @@ def record_epochs(record: dict) -> float:
     return float("nan")
 
 
+def normalized_metrics(record: dict) -> dict:
+    """The record's metrics in today's names. Linear records written before the best and the last epoch
+    were both kept hold ``top1``/``top5`` of the last epoch and ``best_top1``: they are read as
+    ``top1`` (best) and ``last_top1``/``last_top5`` (the best epoch's top-5 was not kept)."""
+    metrics = dict(record["metrics"])
+    if record["protocol"] in ("linear", "linear-cached") and "best_top1" in metrics and "best_epoch" not in metrics:
+        metrics["last_top1"], metrics["top1"] = metrics["top1"], metrics.pop("best_top1")
+        if "top5" in metrics:
+            metrics["last_top5"] = metrics.pop("top5")
+    return metrics
+
+
 def measurements(records: Iterable[dict]) -> pd.DataFrame:
     """One row per metric of each record."""
     rows = [{"name": checkpoint_name(rec), "epochs": record_epochs(rec), "protocol": rec["protocol"],
              "dataset": record_dataset(rec), "metric": metric, "value": float(value),
              "trial": rec.get("trial"), "source": "this toolkit", "published": False}
-            for rec in records for metric, value in rec["metrics"].items()]
+            for rec in records for metric, value in normalized_metrics(rec).items()]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

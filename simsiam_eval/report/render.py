@@ -53,7 +53,7 @@ def to_markdown(table: Table, threshold: float | None = 0.5, decimals: int = 1) 
     texts = texts.mask(best_mask(table, threshold, decimals) & texts.ne(""), "**" + texts + "**")
     texts.columns = _flat_columns(texts.columns)
     text = _titled(texts).reset_index().to_markdown(index=False, disable_numparse=True) + "\n"
-    notes = _sources_lines(table)
+    notes = table.notes + _sources_lines(table)
     if threshold is not None:
         notes.insert(0, f"Mean ± sample std over n trials; bold: within {threshold:g} of the column's best.")
     return text + "".join(f"\n{line}" for line in notes) + ("\n" if notes else "")
@@ -70,7 +70,8 @@ def to_latex(table: Table, threshold: float | None = 0.5, decimals: int = 1) -> 
     """A booktabs ``table`` environment (bold as ``\\bfseries``; ``±`` as ``$\\pm$``)."""
     styler = _styler(table, threshold, decimals).format(escape="latex").format_index(escape="latex", axis=0)
     styler = styler.format_index(escape="latex", axis=1)
-    caption = table.title + ("" if not table.sources else ". Published rows: " + "; ".join(_sources_lines(table)))
+    caption = ". ".join([table.title, *table.notes] if table.title else table.notes)
+    caption += "" if not table.sources else ". Published rows: " + "; ".join(_sources_lines(table))
     latex = styler.to_latex(hrules=True, sparse_index=False, convert_css=True, multicol_align="c", environment="table",
                             caption=_escape_latex(caption) if caption else None,
                             position_float="centering")
@@ -80,7 +81,7 @@ def to_latex(table: Table, threshold: float | None = 0.5, decimals: int = 1) -> 
 def to_html(table: Table, threshold: float | None = 0.5, decimals: int = 1) -> str:
     """An HTML table (bold by CSS), sources in the caption."""
     styler = _styler(table, threshold, decimals)
-    caption = " ".join([table.title, *(f"[{line}]" for line in _sources_lines(table))]).strip()
+    caption = " ".join([table.title, *table.notes, *(f"[{line}]" for line in _sources_lines(table))]).strip()
     if caption:
         styler = styler.set_caption(html.escape(caption))
     return styler.to_html()

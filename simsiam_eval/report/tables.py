@@ -4,7 +4,8 @@ A :class:`Table` holds three frames with the same rows and columns — ``mean``,
 from the long frame of :mod:`simsiam_eval.report.measurements`. Layouts:
 
 - ``table4``: rows (method, epochs) x columns (dataset, kNN top-1 / linear top-1), as SimSiam Table 4
-  (the linear probe on cached features, a documented deviation, gets its own column).
+  (the linear probe on cached features, a documented deviation, gets its own column). The linear
+  columns show the best epoch's top-1 (main_lincls' headline) or the last epoch's, and say which.
 - ``table5``: rows (method, epochs) x columns (VOC07, VOC07+12, COCO det, COCO mask, ... x AP50 / AP /
   AP75) from per-trial ``transfer`` records, as SimSiam Table 5.
 - ``pivot``: any fields of the long frame as rows and columns.
@@ -22,7 +23,13 @@ from simsiam_eval.errors import UserError
 FIELDS = ("name", "epochs", "protocol", "dataset", "metric")
 FIELD_TITLES = {"name": "Method", "epochs": "Epochs", "protocol": "Protocol", "dataset": "Dataset",
                 "metric": "Metric", "task": "Task", "column": ""}
-TABLE4_COLUMNS = {"knn": "kNN top-1", "linear": "linear top-1", "linear-cached": "linear top-1 (cached)"}
+TABLE4_COLUMNS = {"knn": "kNN top-1", "linear": "linear top-1 ({epoch} epoch)",
+                  "linear-cached": "linear top-1 (cached, {epoch} epoch)"}  # {epoch}: best or last
+LINEAR_EPOCH_METRICS = {"best": "top1", "last": "last_top1"}  # which record metric the linear columns show
+LINEAR_EPOCH_NOTES = {
+    "best": "linear top-1: the best epoch's, as main_lincls reports it (best_acc1, model_best.pth.tar)",
+    "last": "linear top-1: the last epoch's (main_lincls reports the best epoch's; published rows: as their "
+            "source reports them)"}
 DETECTION_METRICS = ("AP50", "AP", "AP75")
 TASK_LABELS = {"voc07": "VOC07", "voc0712": "VOC07+12", "voc07+12": "VOC07+12", "coco": "COCO",
                "coco_1x": "COCO", "coco_2x": "COCO 2x"}
@@ -38,6 +45,7 @@ class Table:
     n: pd.DataFrame
     title: str = ""
     sources: dict[str, str] = field(default_factory=dict)  # published row name -> citation
+    notes: list[str] = field(default_factory=list)  # what the columns show, printed under the table
 
     @property
     def empty(self) -> bool:
@@ -101,12 +109,23 @@ def pivot(long: pd.DataFrame, rows: list[str], columns: list[str], title: str = 
     return Table(tables["mean"], tables["std"], tables["n"], title, sources)
 
 
-def table4(long: pd.DataFrame) -> Table:
-    """SimSiam Table 4 shape: kNN and linear top-1 by method and pretraining epochs, per dataset."""
-    sel = long[long["protocol"].isin(list(TABLE4_COLUMNS)) & (long["metric"] == "top1")].copy()
-    sel["column"] = sel["protocol"].map(TABLE4_COLUMNS)
-    order = [(d, c) for d in dict.fromkeys(sel["dataset"]) for c in TABLE4_COLUMNS.values()]
-    return pivot(sel, ["name", "epochs"], ["dataset", "column"], "kNN and linear top-1 accuracy (%)", order)
+def table4(long: pd.DataFrame, linear_epoch: str = "best") -> Table:
+    """SimSiam Table 4 shape: kNN and linear top-1 by method and pretraining epochs, per dataset.
+
+    ``linear_epoch``: ``best`` (main_lincls' headline) or ``last``; published rows show their ``top1``.
+    """
+    if linear_epoch not in LINEAR_EPOCH_METRICS:
+        raise UserError(f"unknown linear epoch {linear_epoch!r}; choose from {', '.join(LINEAR_EPOCH_METRICS)}")
+    linear = long["protocol"].isin(["linear", "linear-cached"]) & ~long["published"].astype(bool)
+    wanted = linear.map({True: LINEAR_EPOCH_METRICS[linear_epoch], False: "top1"})
+    sel = long[long["protocol"].isin(list(TABLE4_COLUMNS)) & (long["metric"] == wanted)].copy()
+    columns = {protocol: title.format(epoch=linear_epoch) for protocol, title in TABLE4_COLUMNS.items()}
+    sel["column"] = sel["protocol"].map(columns)
+    order = [(d, c) for d in dict.fromkeys(sel["dataset"]) for c in columns.values()]
+    table = pivot(sel, ["name", "epochs"], ["dataset", "column"], "kNN and linear top-1 accuracy (%)", order)
+    if linear.any():
+        table.notes.append(LINEAR_EPOCH_NOTES[linear_epoch])
+    return table
 
 
 def detection_metric(metric: str) -> tuple[str, str] | None:

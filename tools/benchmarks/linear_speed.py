@@ -48,7 +48,8 @@ def main() -> None:
     parser.add_argument("--optimizer", default="sgd", choices=("sgd", "lars"), help="(default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=256, help="(default %(default)s)")
     parser.add_argument("--base-lr", type=float, default=0.0,
-                        help="lr = base_lr * batch / 256 (default 0: main_lincls' 30 for sgd, 0.1 for lars)")
+                        help="lr = base_lr * batch / 256 (default 0: 30 for sgd as MoCo's main_lincls, 0.1 for "
+                             "lars as SimSiam's)")
     parser.add_argument("--image-size", type=int, default=32, help="(default %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default %(default)s)")
     args = parser.parse_args()
