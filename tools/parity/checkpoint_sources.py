@@ -14,6 +14,12 @@ and those of the converted file (a stem no target format records must instead be
 A source whose checkout is not given, or whose code does not run here, gets a "not run: <reason>" row,
 which is a mismatch (exit 1). Where the upstream package cannot be imported as a whole, the smallest piece
 of it that can is run and the row says so ("fallback: ...").
+
+CI guards (no checkouts needed): tests/test_checkpoints_readers.py builds each layout from module structures written
+out in the test (test_reader_recovers_the_backbone_it_was_built_from: format detected, every tensor, conversion;
+test_dropped_parts_are_named; the solo-learn CIFAR stem: test_solo_learn_cifar_backbone_gives_solo_learns_features
+and test_solo_learn_cifar_stem_is_not_written_where_its_padding_would_be_lost); tests/test_checkpoints.py::
+test_build_backbone_gives_the_source_model_features (features from the tensors read).
 """
 from __future__ import annotations
 

@@ -19,6 +19,12 @@
     python tools/parity/moco_detection.py /path/to/moco [--iterations 6] [--seed 3] [--official-runs 2]
 
 Prints one table per part (tools/parity/common.py) and exits 1 on any mismatch.
+
+CI guards (no MoCo checkout needed): part 1, tests/test_convert.py::test_moco_v2_checkpoint_converts_to_mocos_pkl_
+without_its_fc (MoCo's converter re-stated with tests/moco_reference.py) and ::test_torchvision_detectron2_torchvision_
+round_trip_is_exact; part 2, tests/test_transfer_detectron2.py::test_recipe_resolves_to_mocos_config_key_by_key (MoCo's
+YAML values written out); part 3, ::test_extra_norm_head_equals_mocos (the head re-stated: same tensors, same losses
+on one batch) and ::test_voc_metric_equals_detectron2_voc_eval (the AP rows).
 """
 from __future__ import annotations
 
