@@ -16,13 +16,14 @@ STEMS = ("imagenet", "cifar")
 
 
 class CifarResNet(ResNet):
-    """torchvision ResNet with a 3x3 stride-1 stem, no max-pool, and base width ``width`` (64 = standard)."""
+    """torchvision ResNet with a 3x3 stride-1 stem, no max-pool, and base width ``width`` (64 = standard);
+    ``padding`` of conv1 is 1 (2 in solo-learn's CIFAR ResNets, whose feature maps are 2 px larger)."""
 
     def __init__(self, block, layers, num_classes: int = 1000, zero_init_residual: bool = False,
-                 width: int = 64) -> None:
+                 width: int = 64, padding: int = 1) -> None:
         super().__init__(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
         self.inplanes = width
-        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=padding, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.maxpool = nn.Identity()
         self.layer1 = self._make_layer(block, width, layers[0])

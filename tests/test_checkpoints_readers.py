@@ -12,10 +12,10 @@ import torch.nn as nn
 from moco_reference import moco_detectron2_rename
 from torchvision import models
 
-from pretrain.backbones import build_resnet
 from pretrain.model import SimSiam
 from simsiam_eval.checkpoints import FORMAT_NAMES, detect_format, read_checkpoint
 from simsiam_eval.checkpoints.convert import convert_checkpoint
+from simsiam_eval.errors import UserError
 
 
 def backbone_of(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -143,14 +143,23 @@ def make_barlowtwins(path):
     return backbone_of(model.backbone)
 
 
-def make_solo_learn(path):
-    """solo-learn: LightningModule with backbone (CIFAR stem: 3x3 conv1, no max-pool), projector, classifier,
-    momentum_backbone; saved by Lightning's ModelCheckpoint."""
-    backbone = shuffle_weights(build_resnet("resnet18", stem="cifar"))
-    backbone.fc = nn.Identity()
+def solo_learn_resnet18(cifar: bool) -> nn.Module:
+    """solo-learn's backbone (solo/methods/base.py): torchvision's resnet18, fc = Identity; for CIFAR data a
+    3x3 stride-1 conv1 padded by 2 and no max-pool."""
+    net = models.resnet18()
+    if cifar:
+        net.conv1, net.maxpool = nn.Conv2d(3, 64, 3, stride=1, padding=2, bias=False), nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+def make_solo_learn(path, cifar: bool = False):
+    """solo-learn: LightningModule with backbone, projector, classifier, momentum_backbone; saved by Lightning's
+    ModelCheckpoint."""
+    backbone = shuffle_weights(solo_learn_resnet18(cifar))
     module = nn.Module()
     module.backbone, module.projector, module.classifier = backbone, mlp(512, 64, 32), nn.Linear(512, 10)
-    module.momentum_backbone = shuffle_weights(build_resnet("resnet18", stem="cifar"))
+    module.momentum_backbone = shuffle_weights(solo_learn_resnet18(cifar))
     torch.save({"epoch": 999, "global_step": 97000, "pytorch-lightning_version": "2.0.0",
                 "state_dict": module.state_dict(), "optimizer_states": [], "lr_schedulers": [],
                 "hyper_parameters": {"cfg": {"method": "byol"}}}, path)
@@ -170,13 +179,12 @@ def make_vissl(path):
 
 
 def make_timm(path):
-    """timm's train.py CheckpointSaver: {epoch, arch, state_dict, optimizer, version, args, state_dict_ema}."""
-    try:
-        import timm
-        net = shuffle_weights(timm.create_model("resnet18", num_classes=10))
-        ema = shuffle_weights(timm.create_model("resnet18", num_classes=10))
-    except ImportError:  # timm's ResNets use torchvision's names
-        net, ema = shuffle_weights(models.resnet18(num_classes=10)), shuffle_weights(models.resnet18(num_classes=10))
+    """timm's train.py CheckpointSaver: {epoch, arch, state_dict, optimizer, version, args, state_dict_ema}.
+    Built with timm itself (a torchvision stand-in would pass whatever timm's names are)."""
+    timm = pytest.importorskip("timm", reason="timm is not installed: the timm layout needs timm's own model "
+                                              "(pip install -e '.[test]')")
+    net = shuffle_weights(timm.create_model("resnet18", num_classes=10))
+    ema = shuffle_weights(timm.create_model("resnet18", num_classes=10))
     torch.save({"epoch": 300, "arch": "resnet18", "state_dict": net.state_dict(), "optimizer": {}, "version": 2,
                 "args": argparse.Namespace(model="resnet18"), "metric": 70.1,
                 "state_dict_ema": ema.state_dict()}, path)
@@ -251,9 +259,20 @@ def test_dropped_parts_are_named(tmp_path):
 
 
 def test_solo_learn_cifar_stem_is_inferred(tmp_path):
-    make_solo_learn(tmp_path / "s.ckpt")
+    make_solo_learn(tmp_path / "s.ckpt", cifar=True)
     ckpt = read_checkpoint(tmp_path / "s.ckpt")
-    assert (ckpt.stem, ckpt.width) == ("cifar", 64)
+    assert (ckpt.stem, ckpt.width) == ("cifar-pad2", 64)
+
+
+@pytest.mark.parametrize("target,output", [("detectron2", "s.pkl"), ("torchvision", "s.pth"), ("timm", "s_timm.pth"),
+                                           ("safetensors", "s.safetensors")])
+def test_solo_learn_cifar_stem_is_not_written_where_its_padding_would_be_lost(tmp_path, target, output):
+    """No target format records conv1's padding: a file read back would build a padding-1 stem."""
+    make_solo_learn(tmp_path / "s.ckpt", cifar=True)
+    with pytest.raises(UserError) as err:
+        convert_checkpoint(tmp_path / "s.ckpt", tmp_path / output, target)
+    assert "s.ckpt" in str(err.value) and "padding 2" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / output).exists()
 
 
 def test_detectron2_trained_model_layout(tmp_path):
@@ -274,3 +293,18 @@ def test_detectron2_trained_model_layout(tmp_path):
 def test_detect_format_returns_none_for_unknown_layouts():
     assert detect_format({"cls_token": torch.zeros(1), "pos_embed": torch.zeros(1)}) is None
     assert detect_format([1, 2]) is None
+
+
+def test_solo_learn_cifar_backbone_gives_solo_learns_features(tmp_path):
+    """The backbone built from a solo-learn CIFAR checkpoint computes solo-learn's features (its conv1 pads by 2;
+    tools/parity/checkpoint_sources.py measured 1.13 while ours padded by 1)."""
+    from simsiam_eval.checkpoints import build_backbone
+
+    torch.manual_seed(0)
+    net = solo_learn_resnet18(cifar=True).eval()
+    torch.save({"epoch": 999, "global_step": 97000, "pytorch-lightning_version": "2.1.2",
+                "state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "s.ckpt")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = build_backbone(read_checkpoint(tmp_path / "s.ckpt"))(x), net(x)
+    assert (ours - theirs).abs().max().item() <= 1e-5

@@ -349,3 +349,74 @@ def test_detectron2_numerical_check_runs_in_the_conversion(r50, tmp_path):
     check = report.checks[-1]
     assert check.name.startswith("detectron2") and check.passed, check.detail
     assert f"{len(r50[1])} tensors matched" in check.detail
+
+
+# ------------------------------------------------------------------ "verified" means a numerical check ran
+def hide_module(monkeypatch, name: str) -> None:
+    """Make ``name`` (and its submodules already imported) unimportable, as if it were not installed."""
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        monkeypatch.setitem(sys.modules, loaded, None)
+    monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.mark.parametrize("target,library,output", [("detectron2", "detectron2", "r18.pkl"),
+                                                    ("timm", "timm", "r18.pth")])
+def test_without_the_target_library_a_torchvision_forward_check_runs(monkeypatch, tmp_path, target, library,
+                                                                     output):
+    hide_module(monkeypatch, library)
+    report = convert_checkpoint("random:resnet18", tmp_path / output, target)
+    numerical = report.checks[-1]
+    assert numerical.passed is True, numerical            # it ran and passed: never "skipped"
+    assert numerical.name == f"torchvision pooled features ({library} not installed)"
+    assert re.fullmatch(r"max \|diff\| \S+ \(tolerance 1e-05\)", numerical.detail)
+    assert "torchvision pooled features" in report.summary() and "verified" in report.summary()
+    assert "skipped" not in report.table()
+
+
+def test_the_missing_row_counts_what_the_file_lacks_not_what_the_writer_claims(tmp_path):
+    """A .pkl without its BN counters (all 0 in a fresh init, so the re-read fills in equal zeros) while the
+    writer claims every tensor: the verification reads the file and reports the 20 tensors it lacks."""
+    from simsiam_eval.checkpoints.verify import verify_conversion
+
+    ckpt = read_checkpoint("random:resnet18")
+    model = {moco_detectron2_rename(k): v.numpy() for k, v in ckpt.state_dict.items()
+             if not k.endswith("num_batches_tracked")}
+    with open(tmp_path / "r18.pkl", "wb") as f:
+        pickle.dump({"model": model, "__author__": "test", "matching_heuristics": True,
+                     "arch": "resnet18", "stem": "imagenet", "width": 64}, f)
+    with pytest.raises(UserError, match=r"20 backbone tensors missing .*layer1\.0\.bn1\.num_batches_tracked"):
+        verify_conversion(ckpt, tmp_path / "r18.pkl", "detectron2", list(ckpt.state_dict), numerical=False)
+
+
+def test_the_missing_row_is_computed(tmp_path):
+    report = convert_checkpoint("random:resnet18", tmp_path / "r18.pkl", numerical=False)
+    assert report.missing == []
+    row = next(line for line in report.table().splitlines() if line.startswith("backbone tensors missing"))
+    assert re.split(r"\s{2,}", row)[1] == "0" and "read back" in row
+    assert "no numerical check" in report.summary() and "verified" not in report.summary()
+
+
+# ------------------------------------------------------------------ CI guard of tools/parity/moco_detection.py, part 1
+def moco_converter(state_dict: dict) -> dict:
+    """MoCo's detection/convert-pretrain-to-detectron2.py, re-stated: the ``module.encoder_q.*`` tensors, prefix
+    removed, renamed by its loop (tests/moco_reference.py), as numpy arrays; everything else left out."""
+    prefix = "module.encoder_q."
+    return {moco_detectron2_rename(k[len(prefix):]): v.numpy() for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def test_moco_v2_checkpoint_converts_to_mocos_pkl_without_its_fc(tmp_path):
+    """The MoCo converter parity rows: same key set except MoCo's stem.fc.* (its MLP head), same arrays."""
+    from test_checkpoints_readers import make_moco
+
+    make_moco(tmp_path / "moco_v2.pth.tar")
+    theirs = moco_converter(torch.load(tmp_path / "moco_v2.pth.tar", weights_only=True)["state_dict"])
+    convert_checkpoint(tmp_path / "moco_v2.pth.tar", tmp_path / "ours.pkl")
+    with open(tmp_path / "ours.pkl", "rb") as f:
+        ours = safe_load(f)
+    head = {k for k in theirs if k.startswith("stem.fc.")}
+    assert head == {"stem.fc.0.weight", "stem.fc.0.bias", "stem.fc.2.weight", "stem.fc.2.bias"}
+    assert set(ours["model"]) == set(theirs) - head
+    for key, value in ours["model"].items():
+        assert value.dtype == theirs[key].dtype and (value == theirs[key]).all(), key
+    assert ours["matching_heuristics"] is True
+    assert (ours["arch"], ours["stem"], ours["width"]) == ("resnet18", "imagenet", 64)

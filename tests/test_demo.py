@@ -55,3 +55,39 @@ def test_detection_config_fits_the_checkpoint():
         "MODEL.RESNETS.STEM_OUT_CHANNELS": "16", "MODEL.RESNETS.RES2_OUT_CHANNELS": "16"}
     assert detection_task("resnet34", "imagenet", 64)[1][1::2] == ["34", "imagenet", "64", "64"]
     assert detection_task("resnet101", "imagenet", 64) is None
+
+
+def test_convert_step_says_which_check_ran_without_detectron2(monkeypatch, tmp_path, capsys):
+    from test_convert import hide_module
+
+    from simsiam_eval.commands.demo import convert_step
+
+    hide_module(monkeypatch, "detectron2")
+    weights, words = convert_step(tmp_path, "random:resnet18")
+    assert weights == tmp_path / "detectron2" / "backbone.pkl" and weights.is_file()
+    assert "verified" in words and "torchvision pooled features (detectron2 not installed" in words
+    assert "skipped" not in capsys.readouterr().out
+
+
+def test_a_wrong_conversion_is_not_reported_as_verified(monkeypatch, tmp_path, capsys):
+    """A writer that swaps a BN layer's running mean and variance (same shape), Detectron2 absent: no
+    "verified", no file, and the reason printed."""
+    from test_convert import hide_module
+
+    from simsiam_eval.checkpoints import writers
+    from simsiam_eval.commands.demo import convert_step
+
+    hide_module(monkeypatch, "detectron2")
+    right = writers.detectron2_model
+
+    def swapped(ckpt):
+        model = right(ckpt)
+        mean, var = "res3.0.conv2.norm.running_mean", "res3.0.conv2.norm.running_var"
+        model[mean], model[var] = model[var], model[mean]
+        return model
+
+    monkeypatch.setattr(writers, "detectron2_model", swapped)
+    weights, words = convert_step(tmp_path, "random:resnet18")
+    assert weights is None and not (tmp_path / "detectron2" / "backbone.pkl").exists()
+    assert "verification failed" in words and "(verified" not in words
+    assert "not converted" in capsys.readouterr().out

@@ -76,6 +76,92 @@ def test_extra_norm_head_is_registered_and_built():
     assert model.roi_heads.res5.norm.num_features == 2048
 
 
+# CI guards of tools/parity/moco_detection.py, parts 2 and 3. MoCo's detection/configs (87e36d3) written
+# out as the values each file sets over Detectron2's defaults.
+MOCO_BASE_RCNN_C4_BN = {
+    "MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000,
+    "MODEL.RPN.POST_NMS_TOPK_TEST": 1000, "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
+    "MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.NORM": "naiveSyncBN", "TEST.PRECISE_BN.ENABLED": True,
+    "SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02,
+}
+MOCO_VOC_24K = {
+    "MODEL.MASK_ON": False, "MODEL.ROI_HEADS.NUM_CLASSES": 20, "INPUT.MIN_SIZE_TRAIN": tuple(range(480, 801, 32)),
+    "INPUT.MIN_SIZE_TEST": 800, "DATASETS.TRAIN": ("voc_2007_trainval", "voc_2012_trainval"),
+    "DATASETS.TEST": ("voc_2007_test",), "SOLVER.STEPS": (18000, 22000), "SOLVER.MAX_ITER": 24000,
+    "SOLVER.WARMUP_ITERS": 100,
+}
+MOCO_COCO_2X = {
+    "MODEL.MASK_ON": True, "INPUT.MIN_SIZE_TRAIN": tuple(range(640, 801, 32)), "INPUT.MIN_SIZE_TEST": 800,
+    "DATASETS.TRAIN": ("coco_2017_train",), "DATASETS.TEST": ("coco_2017_val",),
+    "SOLVER.STEPS": (120000, 160000), "SOLVER.MAX_ITER": 180000,
+}
+MOCO_TORCHVISION_INPUTS = {  # the *_moco.yaml files
+    "MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530], "MODEL.PIXEL_STD": [58.395, 57.120, 57.375],
+    "MODEL.RESNETS.STRIDE_IN_1X1": False, "INPUT.FORMAT": "RGB",
+}
+NOT_COMPARED = {"MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.RESNETS.STEM_TYPE"}  # placeholder, machine, ours only
+
+
+def flat_config(node, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in node.items():
+        flat.update(flat_config(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return flat
+
+
+@pytest.mark.parametrize("ours, recipe", [("pascal_voc0712_R_50_C4.yaml", MOCO_VOC_24K),
+                                          ("coco_R_50_C4_2x.yaml", MOCO_COCO_2X)])
+def test_recipe_resolves_to_mocos_config_key_by_key(ours, recipe):
+    from detectron2.config import get_cfg
+
+    from transfer.trainer import build_config
+
+    theirs = get_cfg()
+    theirs.merge_from_list([part for item in {**MOCO_BASE_RCNN_C4_BN, **recipe, **MOCO_TORCHVISION_INPUTS}.items()
+                            for part in item])
+    mine, theirs = flat_config(build_config(str(config_dir() / ours), [])), flat_config(theirs)
+    assert set(mine) - NOT_COMPARED == set(theirs) - NOT_COMPARED
+    assert {k: mine[k] for k in mine if k not in NOT_COMPARED and mine[k] != theirs[k]} == {}
+
+
+def test_extra_norm_head_equals_mocos():
+    """MoCo's Res5ROIHeadsExtraNorm, re-stated: Detectron2's Res5ROIHeads with get_norm(MODEL.RESNETS.NORM,
+    res5's output channels) added to res5 as ``norm``. Built from the same seed: the same tensors; on the
+    same batch and seed: the same losses."""
+    import torch
+    from detectron2.layers import get_norm
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from transfer.trainer import build_config
+
+    def build(head: str):
+        cfg = build_config(str(config_dir() / SMOKE_VOC), ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.NAME", head])
+        torch.manual_seed(0)
+        return build_model(cfg), cfg
+
+    ours, _ = build("Res5ROIHeadsExtraNorm")
+    reference, cfg = build("Res5ROIHeads")
+    res5 = reference.roi_heads.res5
+    res5.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, res5[-1].out_channels))
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in ours.state_dict().items())
+
+    generator = torch.Generator().manual_seed(1)
+    batch = []
+    for boxes, classes in (([[10.0, 12.0, 60.0, 70.0], [70.0, 20.0, 120.0, 90.0]], [0, 3]),
+                           ([[30.0, 30.0, 100.0, 110.0]], [5])):
+        instances = Instances((128, 128), gt_boxes=Boxes(torch.tensor(boxes)), gt_classes=torch.tensor(classes))
+        batch.append({"image": torch.rand(3, 128, 128, generator=generator) * 255, "instances": instances})
+    losses = []
+    for model in (ours, reference):
+        torch.manual_seed(2)  # RPN and RoI sampling
+        with EventStorage():  # the heads log their sampling statistics
+            losses.append({k: v.item() for k, v in model.train()(batch).items()})
+    assert losses[0] == losses[1] and set(losses[0]) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
+
+
 def test_registration_of_voc_and_coco_specs(registered):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.structures import BoxMode

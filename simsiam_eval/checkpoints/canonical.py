@@ -36,6 +36,8 @@ _TORCHVISION_ARCHS = {
     ("bottleneck", (3, 4, 23, 3), 64, 4): "resnext101_64x4d",
 }
 ARCH_NAMES = tuple(_TORCHVISION_ARCHS.values())
+# conv1 padding of the 3x3 stride-1 stems: ours (and most CIFAR ResNets), and solo-learn's (solo/methods/base.py)
+CIFAR_STEM_PADDING = {"cifar": 1, "cifar-pad2": 2}
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
@@ -45,7 +47,8 @@ class CanonicalCheckpoint:
 
     state_dict: dict[str, torch.Tensor]
     arch: str
-    stem: str = "imagenet"          # "imagenet" (7x7/2 + max-pool) or "cifar" (3x3/1, no max-pool)
+    stem: str = "imagenet"          # "imagenet" (7x7/2 + max-pool), "cifar" (3x3/1, no max-pool) or
+                                    # "cifar-pad2" (the same, conv1 padded by 2: solo-learn)
     width: int = 64                 # output channels of conv1 (64 for every torchvision ResNet)
     source_format: str = "torchvision"
     path: str | None = None
@@ -129,7 +132,7 @@ def build_resnet_module(spec: ResNetSpec) -> ResNet:
     if spec.stem == "imagenet":
         return models.__dict__[spec.arch]()
     block, blocks, _, _ = arch_layout(spec.arch)
-    return CifarResNet(_BLOCKS[block], list(blocks), width=spec.width)
+    return CifarResNet(_BLOCKS[block], list(blocks), width=spec.width, padding=CIFAR_STEM_PADDING[spec.stem])
 
 
 def expected_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:

@@ -11,6 +11,7 @@ import torch
 from simsiam_eval.checkpoints.canonical import (
     BACKBONE_KEY,
     CanonicalCheckpoint,
+    ResNetSpec,
     check_complete,
     infer_spec,
     random_checkpoint,
@@ -52,6 +53,8 @@ def canonicalize(obj: Any, fmt: str = "auto", where: str = "checkpoint") -> Cano
         raise UserError(f"{where}: no ResNet backbone tensors found in the {chosen.name} layout "
                         f"(first keys: {', '.join(first_keys(obj))}); formats tried: {chosen.name}")
     spec = infer_spec(state, where)
+    if spec.stem == "cifar":
+        spec = ResNetSpec(spec.arch, chosen.cifar_stem, spec.width)
     filled = check_complete(state, spec, where)
     return CanonicalCheckpoint(state, spec.arch, spec.stem, spec.width, source_format=chosen.name,
                                found=found, dropped=dropped, dropped_groups=group_keys(dropped, rename),

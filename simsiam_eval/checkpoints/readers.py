@@ -95,7 +95,7 @@ def read_dino(obj: Any):
 def read_solo_learn(obj: Any):
     """vturrisi/solo-learn: a PyTorch Lightning checkpoint, ``{'state_dict': ..., 'pytorch-lightning_version'
     ...}`` with the backbone under ``backbone.*``; ``projector.*``, ``classifier.*`` (online linear probe),
-    ``momentum_backbone.*`` and other heads are dropped."""
+    ``momentum_backbone.*`` and other heads are dropped. Its CIFAR ResNets pad the 3x3 conv1 by 2."""
     return _tensors(_state_dict(obj)), _strip("backbone.")
 
 
@@ -144,6 +144,7 @@ class Format:
     name: str
     read: Callable[[Any], Any]
     detect: Callable[[Any], bool]
+    cifar_stem: str = "cifar"  # what a 3x3 conv1 is in this format (the tensors cannot tell its padding)
 
 
 def _sd_has(*prefixes: str) -> Callable[[Any], bool]:
@@ -177,7 +178,7 @@ FORMATS: tuple[Format, ...] = (
     Format("detectron2", read_detectron2, _looks_detectron2),
     Format("vissl", read_vissl, lambda obj: _is_dict(obj, "classy_state_dict")),
     Format("dino", read_dino, lambda obj: _is_dict(obj, "teacher")),
-    Format("solo-learn", read_solo_learn, _looks_lightning),
+    Format("solo-learn", read_solo_learn, _looks_lightning, cifar_stem="cifar-pad2"),  # solo/methods/base.py
     Format("moco", read_moco, _sd_has("module.encoder_q.", "encoder_q.")),
     Format("mocov3", read_mocov3, _sd_has("module.base_encoder.", "base_encoder.")),
     Format("simsiam", read_simsiam, _sd_has("module.encoder.", "encoder.")),

@@ -106,4 +106,8 @@ def write_checkpoint(ckpt: CanonicalCheckpoint, path: str | os.PathLike, target:
     """Write ``ckpt`` in ``target``'s format; returns the keys written."""
     if target not in WRITERS:
         raise UserError(f"unknown target format '{target}' (choose from {', '.join(TARGETS)})")
+    if ckpt.stem == "cifar-pad2":
+        raise UserError(f"{ckpt.path}: solo-learn's CIFAR stem (3x3 conv1 with padding 2); no {target} file "
+                        f"records that padding, and read back it would build a padding-1 stem with other features; "
+                        f"evaluate the checkpoint itself (knn and linear read it)")
     return WRITERS[target](ckpt, path)

@@ -141,7 +141,9 @@ def evaluate_step(out: Path, data: str, checkpoint: str, name: str, folder_name:
 
 
 def convert_step(out: Path, checkpoint: Path) -> tuple[Path | None, str]:
-    """The checkpoint in Detectron2's format, verified; (None, reason) when it has no Detectron2 form."""
+    """The checkpoint in Detectron2's format, verified, and what the verification rests on (the numerical check
+    that ran: Detectron2's, or torchvision's when Detectron2 is absent); (None, reason) when it has no
+    Detectron2 form or fails its verification."""
     from simsiam_eval.checkpoints.convert import convert_checkpoint
     from simsiam_eval.errors import UserError
 
@@ -152,7 +154,7 @@ def convert_step(out: Path, checkpoint: Path) -> tuple[Path | None, str]:
         print(f"not converted: {exc}")
         return None, str(exc)
     print(report.table())
-    return target, f"{target} (verified)"
+    return target, f"{target} ({report.summary()})"
 
 
 def table_step(out: Path):
@@ -268,8 +270,8 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_detection:
         detection = "skipped (--skip-detection)"
     else:
-        weights, converted = steps.run("6/8 convert: checkpoint -> Detectron2 (verified)", convert_step, out,
-                                       checkpoint)
+        weights, converted = steps.run("6/8 convert: checkpoint -> Detectron2, read back and checked numerically",
+                                       convert_step, out, checkpoint)
         if weights is None:
             detection = (f"skipped: {converted} (smoke detection configs: "
                          f"{', '.join(sorted(set(DETECTION_CONFIGS.values())))})")
