@@ -23,6 +23,15 @@ Rows: our vote (FAISS and torch backends) against DINO's function run on the fea
 ``eval_knn.py`` runs it, in float32, decides near-ties by float32 rounding: the last rows allow a
 query to differ from it only where DINO's own function in float64 agrees with ours (the exact
 margins of such queries, k-th vs (k+1)-th neighbour and the two classes' scores, are shown).
+
+CI guards (no DINO checkout needed), tests/test_knn.py: the top-1 / top-5 % and per-query rows at
+k 10/20/100/200, T 0.07, both backends: test_exp_vote_equals_sklearn_with_exp_weights (scikit-learn's
+brute-force cosine kNN weighted by exp(sim/T)), test_matches_bruteforce_numpy (a float64 numpy
+re-statement with exact ties, T 0.07/0.1/0.5) and test_vote_worked_out_by_hand; the float64 rows'
+near-ties: test_near_ties_follow_the_exact_float64_order and
+test_exact_similarities_are_float64_dot_products; "either backend" (the float32 rows):
+test_faiss_and_torch_backends_agree_exactly; DINO's quirks: test_top5_uses_min_of_5_and_k,
+test_few_queries_and_classes_from_labels (fewer than 100 queries, classes from the labels).
 """
 from __future__ import annotations
 
