@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from simsiam_eval.config import Config
-from simsiam_eval.data.sizes import evaluation_size, print_upsampling_note
+from simsiam_eval.data.sizes import evaluation_size, is_native, print_upsampling_note
 from simsiam_eval.data.transforms import INTERPOLATIONS, eval_transform, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
@@ -97,7 +97,8 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     image_size = evaluation_size(cfg.image_size, cfg.train)
     if info.is_main:
         print_upsampling_note(cfg.train, image_size)
-    transform = eval_transform(image_size, cfg.resize or None, cfg.interpolation)
+    transform = eval_transform(image_size, cfg.resize or None, cfg.interpolation,
+                               native=is_native(image_size, cfg.train, cfg.val))
     checkpoint, sets, seconds = checkpoint_features(cfg, info, transform)
     train, val = sets["train"], sets["val"]
     result = knn_classify(train.features, train.labels, val.features, val.labels, ks=ks,

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from simsiam_eval.data.sizes import evaluation_size, print_upsampling_note
+from simsiam_eval.data.sizes import evaluation_size, is_native, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.transforms import eval_transform
 from simsiam_eval.errors import UserError
@@ -24,8 +24,14 @@ from simsiam_eval.knn import knn_classify
 
 
 @lru_cache(maxsize=4)
-def _open(spec: str, image_size: int) -> Dataset:
-    return open_dataset(prepare_dataset(spec), eval_transform(image_size))
+def _open(spec: str, transform) -> Dataset:
+    return open_dataset(prepare_dataset(spec), transform)
+
+
+@lru_cache(maxsize=4)
+def _transform(image_size: int, train: str, val: str):
+    """One transform object per (size, data) so that the opened data sets stay cached across epochs."""
+    return eval_transform(image_size, native=is_native(image_size, train, val))
 
 
 @lru_cache(maxsize=4)
@@ -52,12 +58,12 @@ def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device,
     ks = knn_cfg["k"] if isinstance(knn_cfg["k"], (list, tuple)) else [knn_cfg["k"]]
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     image_size = _resolve_size(knn_cfg["train"], image_size)
+    transform = _transform(image_size, knn_cfg["train"], knn_cfg["val"])
     sets = {}
     for split in ("train", "val"):
         spec = knn_cfg[split]
-        transform = eval_transform(image_size)
         sets[split] = dataset_features(backbone, spec, transform, device, batch_size=batch_size, workers=workers,
-                                       amp=amp, progress=False, dataset=_open(spec, image_size))
+                                       amp=amp, progress=False, dataset=_open(spec, transform))
     check_same_classes(sets["train"].classes, sets["val"].classes, knn_cfg["train"], knn_cfg["val"])
     result = knn_classify(sets["train"].features, sets["train"].labels, sets["val"].features, sets["val"].labels,
                           ks=ks, temperature=knn_cfg["temperature"])

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from simsiam_eval.config import Config
-from simsiam_eval.data.sizes import evaluation_size, print_upsampling_note
+from simsiam_eval.data.sizes import evaluation_size, is_native, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.transforms import eval_transform, linear_train_transform, normalization_settings
 from simsiam_eval.distributed import DistInfo
@@ -101,12 +101,17 @@ def _identity(cfg: Config, checkpoint: dict) -> dict:
             "base_lr": base_lr, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None}
 
 
+def _val_transform(cfg: Config):
+    """main_lincls' validation transform at ``cfg.image_size`` (the images as they are at their native size)."""
+    return eval_transform(cfg.image_size, cfg.resize or None, native=is_native(cfg.image_size, cfg.train, cfg.val))
+
+
 def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
     """Features once (train views and val) -> batch iterators over tensors on the device."""
     cache = FeatureCache.optional(cfg.cache, cfg.cache_dir, cfg.cache_dtype)
     common = dict(model_id=model_id, cache=cache, batch_size=cfg.eval_batch_size, workers=cfg.workers,
                   amp=cfg.amp, progress=cfg.progress)
-    val_transform = eval_transform(cfg.image_size, cfg.resize or None)
+    val_transform = _val_transform(cfg)
     val = dataset_features(backbone, cfg.val, val_transform, info.device, **common)
     if cfg.views == 0:
         train_transform = val_transform
@@ -141,7 +146,7 @@ def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
 def _protocol_batches(cfg: Config, info: DistInfo, backbone):
     """Image loaders whose batches go through the frozen backbone (main_lincls)."""
     train_transform = linear_train_transform(cfg.image_size)
-    val_transform = eval_transform(cfg.image_size, cfg.resize or None)
+    val_transform = _val_transform(cfg)
     train_set = open_dataset(prepare_dataset(cfg.train), train_transform)
     val_set = open_dataset(prepare_dataset(cfg.val), val_transform)
     check_same_classes(train_set.classes, val_set.classes, cfg.train, cfg.val)

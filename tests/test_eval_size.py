@@ -57,6 +57,7 @@ def test_knn_evaluates_cifar_at_32_px_by_default_and_records_the_normalisation(c
     record = run_knn(knn_config(cifar, tmp_path), CPU)
     settings = record["settings"]
     assert settings["image_size"] == 32
+    assert "Resize" not in settings["transform"] and "CenterCrop" not in settings["transform"]  # as they are
     assert settings["normalization"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     assert "upsampl" not in capsys.readouterr().out
 
@@ -76,6 +77,7 @@ def test_linear_evaluates_cifar_at_32_px_by_default(cifar, tmp_path, capsys):
                  f"cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'run'}"]
     record = run_linear(load_config(None, LINEAR_DEFAULTS, overrides), CPU)
     assert record["settings"]["image_size"] == 32
+    assert "Resize" not in record["settings"]["transforms"]["val"]
     assert record["settings"]["normalization"] == {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     upsampled = run_linear(load_config(None, LINEAR_DEFAULTS, [*overrides, "image_size=72",
                                                                f"output_dir={tmp_path / 'run72'}"]), CPU)

@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from simsiam_eval.data import open_dataset
+from simsiam_eval.data.sizes import is_native
 from simsiam_eval.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from test_data import write_cifar10, write_idx
 
@@ -21,7 +22,8 @@ NORMALIZE = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
 
 def test_cifar_images_at_32_px_are_their_pixels_normalised(tmp_path):
     raw = write_cifar10(tmp_path / "cifar-10-batches-py")  # (20, 3072) uint8, the training batches
-    dataset = open_dataset(f"cifar10:{tmp_path}", eval_transform(32))
+    assert is_native(32, f"cifar10:{tmp_path}") and not is_native(24, f"cifar10:{tmp_path}")
+    dataset = open_dataset(f"cifar10:{tmp_path}", eval_transform(32, native=True))
     for index in (0, 7, 19):
         pixels = raw[index].reshape(3, 32, 32).transpose(1, 2, 0)  # HWC uint8, as the batches store it
         expected = NORMALIZE(T.ToTensor()(pixels))
@@ -32,7 +34,8 @@ def test_mnist_images_at_28_px_are_their_pixels_normalised(tmp_path):
     images = np.random.default_rng(3).integers(0, 256, (5, 28, 28))
     write_idx(tmp_path / "t10k-images-idx3-ubyte", images, gz=False)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(5), gz=False)
-    dataset = open_dataset(f"mnist:{tmp_path}@test", eval_transform(28))
+    assert is_native(28, f"mnist:{tmp_path}@test")
+    dataset = open_dataset(f"mnist:{tmp_path}@test", eval_transform(28, native=True))
     grey = T.ToTensor()(images[2].astype(np.uint8))  # (1, 28, 28): the RGB copy repeats it
     assert torch.equal(dataset[2][0], NORMALIZE(grey.expand(3, -1, -1)))
 
@@ -47,6 +50,18 @@ def test_other_sizes_keep_resize_and_centre_crop(size, image_size):
     resize = int(round(size * 256 / 224))
     expected = T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), NORMALIZE])(image)
     assert torch.equal(eval_transform(size)(image), expected)
+
+
+def test_a_folder_image_of_exactly_the_evaluation_size_still_gets_main_lincls_resize_and_crop(tmp_path):
+    # main_lincls resizes every ImageNet image to 256 and crops 224, whatever its size: the native
+    # rule is decided per data set (array-backed and generated sets), never per image
+    (tmp_path / "a").mkdir()
+    image = photo(224, 224, seed=2)
+    image.save(tmp_path / "a" / "0.png")
+    assert not is_native(224, str(tmp_path))
+    expected = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), NORMALIZE])(image)
+    assert torch.equal(eval_transform(224)(image), expected)
+    assert not torch.equal(expected, NORMALIZE(T.ToTensor()(image)))
 
 
 def test_dino_interpolation_is_bicubic_as_eval_knn():

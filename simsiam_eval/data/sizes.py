@@ -2,7 +2,8 @@
 
 kNN, the linear probe and the pretraining kNN monitor take ``image_size: 0`` to mean the native size
 of the data set (:func:`~simsiam_eval.data.specs.native_image_size`: CIFAR 32, MNIST-family 28,
-shapes as generated) and 224 for a folder of images; an explicit size always wins.
+shapes as generated) and 224 for a folder of images; an explicit size always wins. At its native
+size a data set is evaluated as it is (no resize, no crop).
 """
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ def evaluation_size(requested: int, spec: str | DatasetSpec) -> int:
     if requested:
         return int(requested)
     return native_image_size(spec) or FOLDER_IMAGE_SIZE
+
+
+def is_native(size: int, *specs: str | DatasetSpec) -> bool:
+    """Whether every data set in ``specs`` has square images of exactly ``size`` px (used as they are).
+
+    Decided per data set, never per image: a folder's images (ImageNet) always get main_lincls'
+    Resize + CenterCrop, even one that happens to be ``size`` square.
+    """
+    return all(native_image_size(spec) == size for spec in specs)
 
 
 def upsampling_note(spec: str | DatasetSpec, size: int) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from PIL import Image, ImageFilter
+from PIL import ImageFilter
 from torchvision import transforms as T
 
 from simsiam_eval.errors import UserError
@@ -69,36 +69,18 @@ def linear_train_transform(image_size: int = 224) -> T.Compose:
     return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize()])
 
 
-class ResizeCropUnlessNative:
-    """Resize(resize) + CenterCrop(size), except that an image of exactly size x size is kept as it is.
-
-    The size is checked per image: a data set of 32-px images evaluated at 32 px is used as MoCo's
-    CIFAR kNN demo uses it (no resize, no border cropped), while larger or non-square images get
-    the main_lincls centre crop.
-    """
-
-    def __init__(self, size: int, resize: int, interpolation: str = "bilinear") -> None:
-        self.size, self.resize, self.interpolation = size, resize, interpolation
-        self.crop = T.Compose([T.Resize(resize, interpolation=INTERPOLATIONS[interpolation]), T.CenterCrop(size)])
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return image if image.size == (self.size, self.size) else self.crop(image)
-
-    def __repr__(self) -> str:
-        return (f"ResizeCropUnlessNative(size={self.size}, resize={self.resize}, "
-                f"interpolation={self.interpolation})")
-
-
-def eval_transform(image_size: int = 224, resize: int | None = None, interpolation: str = "bilinear") -> T.Compose:
+def eval_transform(image_size: int = 224, resize: int | None = None, interpolation: str = "bilinear",
+                   native: bool = False) -> T.Compose:
     """main_lincls.py validation: Resize(256) + CenterCrop(224), scaled to other sizes by 256/224.
 
-    Images already ``image_size`` square are kept as they are (see :class:`ResizeCropUnlessNative`);
-    an explicit ``resize`` always resizes. ``interpolation`` is bilinear (main_lincls) or bicubic (DINO).
+    ``native``: the data set's images are all ``image_size`` square and are used as they are
+    (ToTensor + Normalize, as MoCo's CIFAR kNN demo), unless an explicit ``resize`` is given.
+    ``interpolation`` is bilinear (main_lincls) or bicubic (DINO eval_knn).
     """
     if interpolation not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation '{interpolation}' (choose from {', '.join(INTERPOLATIONS)})")
-    if resize is None:
-        view = ResizeCropUnlessNative(image_size, int(round(image_size * 256 / 224)), interpolation)
-    else:
-        view = T.Compose([T.Resize(resize, interpolation=INTERPOLATIONS[interpolation]), T.CenterCrop(image_size)])
-    return T.Compose([view, T.ToTensor(), normalize()])
+    if native and resize is None:
+        return T.Compose([T.ToTensor(), normalize()])
+    resize = resize if resize is not None else int(round(image_size * 256 / 224))
+    return T.Compose([T.Resize(resize, interpolation=INTERPOLATIONS[interpolation]), T.CenterCrop(image_size),
+                      T.ToTensor(), normalize()])

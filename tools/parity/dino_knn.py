@@ -44,7 +44,7 @@ from torch.utils.data import Subset
 
 from common import ParityReport, Row, add_reference_to_path, checkout_revision, reference_parser
 
-from simsiam_eval.data.sizes import evaluation_size
+from simsiam_eval.data.sizes import evaluation_size, is_native
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.transforms import eval_transform
 from simsiam_eval.features import FeatureCache, extract_features, load_frozen_backbone
@@ -81,7 +81,8 @@ def split_features(spec: str, size: int, cache: FeatureCache | None):
     """pool5 features (float32), labels and transform of the first ``size`` images of ``spec``."""
     parsed = prepare_dataset(spec)
     _, backbone, model_id = load_frozen_backbone(NETWORK)
-    transform = eval_transform(evaluation_size(0, parsed))
+    size = evaluation_size(0, parsed)
+    transform = eval_transform(size, native=is_native(size, parsed))
     dataset = open_dataset(parsed, transform)
     count = min(size, len(dataset))
     description = {"model": model_id, "dataset": str(parsed), "count": count, "transform": repr(transform)}
