@@ -81,8 +81,8 @@ def split_features(spec: str, size: int, cache: FeatureCache | None):
     """pool5 features (float32), labels and transform of the first ``size`` images of ``spec``."""
     parsed = prepare_dataset(spec)
     _, backbone, model_id = load_frozen_backbone(NETWORK)
-    size = evaluation_size(0, parsed)
-    transform = eval_transform(size, native=is_native(size, parsed))
+    image_size = evaluation_size(0, parsed)
+    transform = eval_transform(image_size, native=is_native(image_size, parsed))
     dataset = open_dataset(parsed, transform)
     count = min(size, len(dataset))
     description = {"model": model_id, "dataset": str(parsed), "count": count, "transform": repr(transform)}
