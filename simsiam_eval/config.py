@@ -145,11 +145,12 @@ def _apply(tree: dict, defaults: Mapping, flat: Mapping[str, Any], source: str) 
         node[leaf] = _coerce(key, value, default_node[leaf], source)
 
 
-def _flatten_values(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+def flatten_values(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"base_lr": 0.05}}`` -> ``{"optim.base_lr": 0.05}`` (also for Detectron2's CfgNode)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten_values(value, f"{prefix}{key}."))
+            flat.update(flatten_values(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -171,7 +172,7 @@ def load_config(source: str | Path | None, defaults: Mapping, overrides: Iterabl
     tree = copy.deepcopy(dict(defaults))
     if source is not None:
         path = resolve_config_path(source)
-        _apply(tree, defaults, _flatten_values(_read_yaml(path)), str(path))
+        _apply(tree, defaults, flatten_values(_read_yaml(path)), str(path))
     _apply(tree, defaults, parse_overrides(overrides), "command line")
     return _to_config(tree)
 
@@ -187,4 +188,4 @@ def save_config(cfg: Mapping, path: str | Path) -> None:
 
 def describe_keys(defaults: Mapping) -> str:
     """One line per key with its default, for ``--help``."""
-    return "\n".join(f"  {key} = {value!r}" for key, value in _flatten_values(defaults).items())
+    return "\n".join(f"  {key} = {value!r}" for key, value in flatten_values(defaults).items())

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from simsiam_eval.config import flatten_values
 from simsiam_eval.data.shapes import CLASSES
 from transfer.configs import config_dir, config_value, read_config_tree
 from transfer.trials import flatten_results
@@ -102,13 +103,6 @@ MOCO_TORCHVISION_INPUTS = {  # the *_moco.yaml files
 NOT_COMPARED = {"MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.RESNETS.STEM_TYPE"}  # placeholder, machine, ours only
 
 
-def flat_config(node, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        flat.update(flat_config(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
-    return flat
-
-
 @pytest.mark.parametrize("ours, recipe", [("pascal_voc0712_R_50_C4.yaml", MOCO_VOC_24K),
                                           ("coco_R_50_C4_2x.yaml", MOCO_COCO_2X)])
 def test_recipe_resolves_to_mocos_config_key_by_key(ours, recipe):
@@ -119,7 +113,7 @@ def test_recipe_resolves_to_mocos_config_key_by_key(ours, recipe):
     theirs = get_cfg()
     theirs.merge_from_list([part for item in {**MOCO_BASE_RCNN_C4_BN, **recipe, **MOCO_TORCHVISION_INPUTS}.items()
                             for part in item])
-    mine, theirs = flat_config(build_config(str(config_dir() / ours), [])), flat_config(theirs)
+    mine, theirs = flatten_values(build_config(str(config_dir() / ours), [])), flatten_values(theirs)
     assert set(mine) - NOT_COMPARED == set(theirs) - NOT_COMPARED
     assert {k: mine[k] for k in mine if k not in NOT_COMPARED and mine[k] != theirs[k]} == {}
 

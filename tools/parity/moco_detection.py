@@ -161,31 +161,24 @@ def compare_conversions(moco: Path, ckpt: Path, scratch: Path, encoder_q: dict) 
 
 
 # ----------------------------------------------------------------------------- part 2: configs
-def flatten(node, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def moco_config(moco: Path, name: str) -> dict:
     """MoCo's train_net.py setup(): Detectron2's defaults, then the YAML file (with its _BASE_ chain)."""
     from detectron2.config import get_cfg
 
+    from simsiam_eval.config import flatten_values
+
     cfg = get_cfg()
     cfg.merge_from_file(str(moco / "detection" / "configs" / name))
-    return flatten(cfg)
+    return flatten_values(cfg)
 
 
 def our_config(name: str) -> dict:
     """Our trainer's config: transfer.trainer.build_config (defaults + STEM_TYPE, the YAML chain)."""
+    from simsiam_eval.config import flatten_values
     from transfer.configs import config_dir
     from transfer.trainer import build_config
 
-    return flatten(build_config(str(config_dir() / name), []))
+    return flatten_values(build_config(str(config_dir() / name), []))
 
 
 def compare_configs(moco: Path) -> ParityReport:
