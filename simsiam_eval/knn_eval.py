@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 
 from simsiam_eval.config import Config
-from simsiam_eval.data.sizes import evaluation_size, is_native, print_upsampling_note
-from simsiam_eval.data.transforms import INTERPOLATIONS, eval_transform, normalization_settings
+from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print_upsampling_note
+from simsiam_eval.data.transforms import INTERPOLATIONS, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features,
@@ -97,8 +97,8 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     image_size = evaluation_size(cfg.image_size, cfg.train)
     if info.is_main:
         print_upsampling_note(cfg.train, image_size)
-    transform = eval_transform(image_size, cfg.resize or None, cfg.interpolation,
-                               native=is_native(image_size, cfg.train, cfg.val))
+    transform = evaluation_transform(image_size, cfg.train, cfg.val, resize=cfg.resize or None,
+                                     interpolation=cfg.interpolation)
     checkpoint, sets, seconds = checkpoint_features(cfg, info, transform)
     train, val = sets["train"], sets["val"]
     result = knn_classify(train.features, train.labels, val.features, val.labels, ks=ks,

@@ -15,9 +15,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from simsiam_eval.data.sizes import evaluation_size, is_native, print_upsampling_note
+from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
-from simsiam_eval.data.transforms import eval_transform
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import check_same_classes, dataset_features, world
 from simsiam_eval.knn import knn_classify
@@ -29,18 +28,13 @@ def _open(spec: str, transform) -> Dataset:
 
 
 @lru_cache(maxsize=4)
-def _transform(image_size: int, train: str, val: str):
-    """One transform object per (size, data) so that the opened data sets stay cached across epochs."""
-    return eval_transform(image_size, native=is_native(image_size, train, val))
-
-
-@lru_cache(maxsize=4)
-def _resolve_size(spec: str, requested: int) -> int:
-    """The evaluation size of the monitor's bank ``spec`` (said once when it upsamples)."""
-    size = evaluation_size(requested, spec)
+def _transform(requested: int, train: str, val: str):
+    """The eval transform at the monitor's size (said once when it upsamples): one object per
+    (size, data), so that the opened data sets stay cached across epochs."""
+    size = evaluation_size(requested, train)
     if world()[0] == 0:
-        print_upsampling_note(spec, size)
-    return size
+        print_upsampling_note(train, size)
+    return evaluation_transform(size, train, val)
 
 
 def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device, image_size: int,
@@ -57,7 +51,6 @@ def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device,
         raise UserError("the kNN monitor needs knn.train and knn.val dataset specs")
     ks = knn_cfg["k"] if isinstance(knn_cfg["k"], (list, tuple)) else [knn_cfg["k"]]
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    image_size = _resolve_size(knn_cfg["train"], image_size)
     transform = _transform(image_size, knn_cfg["train"], knn_cfg["val"])
     sets = {}
     for split in ("train", "val"):

@@ -18,9 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from simsiam_eval.config import Config
-from simsiam_eval.data.sizes import evaluation_size, is_native, print_upsampling_note
+from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
-from simsiam_eval.data.transforms import eval_transform, linear_train_transform, normalization_settings
+from simsiam_eval.data.transforms import linear_train_transform, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone, pool5
@@ -103,7 +103,7 @@ def _identity(cfg: Config, checkpoint: dict) -> dict:
 
 def _val_transform(cfg: Config):
     """main_lincls' validation transform at ``cfg.image_size`` (the images as they are at their native size)."""
-    return eval_transform(cfg.image_size, cfg.resize or None, native=is_native(cfg.image_size, cfg.train, cfg.val))
+    return evaluation_transform(cfg.image_size, cfg.train, cfg.val, resize=cfg.resize or None)
 
 
 def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):

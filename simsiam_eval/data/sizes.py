@@ -7,7 +7,10 @@ size a data set is evaluated as it is (no resize, no crop).
 """
 from __future__ import annotations
 
+from torchvision import transforms as T
+
 from simsiam_eval.data.specs import DatasetSpec, native_image_size
+from simsiam_eval.data.transforms import eval_transform
 
 FOLDER_IMAGE_SIZE = 224  # main_lincls / eval_knn: CenterCrop(224)
 NOTE_ABOVE = 2.0  # upsampling factor (per side) beyond which a run says so
@@ -27,6 +30,13 @@ def is_native(size: int, *specs: str | DatasetSpec) -> bool:
     Resize + CenterCrop, even one that happens to be ``size`` square.
     """
     return all(native_image_size(spec) == size for spec in specs)
+
+
+def evaluation_transform(size: int, *specs: str | DatasetSpec, resize: int | None = None,
+                         interpolation: str = "bilinear") -> T.Compose:
+    """main_lincls' eval transform at ``size`` for the data sets ``specs``: their images as they are when
+    every one of them is natively ``size`` square (:func:`is_native`), else Resize + CenterCrop."""
+    return eval_transform(size, resize, interpolation, native=is_native(size, *specs))
 
 
 def upsampling_note(spec: str | DatasetSpec, size: int) -> str | None:

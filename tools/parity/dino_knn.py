@@ -44,9 +44,8 @@ from torch.utils.data import Subset
 
 from common import ParityReport, Row, add_reference_to_path, checkout_revision, reference_parser
 
-from simsiam_eval.data.sizes import evaluation_size, is_native
+from simsiam_eval.data.sizes import evaluation_size, evaluation_transform
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
-from simsiam_eval.data.transforms import eval_transform
 from simsiam_eval.features import FeatureCache, extract_features, load_frozen_backbone
 from simsiam_eval.knn import knn_classify
 
@@ -81,8 +80,7 @@ def split_features(spec: str, size: int, cache: FeatureCache | None):
     """pool5 features (float32), labels and transform of the first ``size`` images of ``spec``."""
     parsed = prepare_dataset(spec)
     _, backbone, model_id = load_frozen_backbone(NETWORK)
-    image_size = evaluation_size(0, parsed)
-    transform = eval_transform(image_size, native=is_native(image_size, parsed))
+    transform = evaluation_transform(evaluation_size(0, parsed), parsed)
     dataset = open_dataset(parsed, transform)
     count = min(size, len(dataset))
     description = {"model": model_id, "dataset": str(parsed), "count": count, "transform": repr(transform)}
