@@ -26,7 +26,7 @@ KNN_DEFAULTS = {
     "weighting": "exp",          # exp (exp(sim/T) per neighbour) | uniform (one vote per neighbour)
     "backend": "auto",           # auto (faiss if installed) | faiss | torch
     "image_size": 0,             # 0: the data's native size (CIFAR 32, MNIST 28, shapes as generated), 224 for folders
-    "resize": 0,                 # 0: image_size * 256 / 224 (images already image_size square are kept as they are)
+    "resize": 0,                 # 0: image_size * 256 / 224 (a data set at its native image_size is used as it is)
     "interpolation": "bilinear", # bilinear (main_lincls) | bicubic (DINO eval_knn; the dino preset)
     "batch_size": 256,
     "workers": 8,

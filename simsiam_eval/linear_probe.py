@@ -51,7 +51,7 @@ LINEAR_DEFAULTS = {
         "eps": 1.0e-8,
     },
     "image_size": 0,             # 0: the data's native size (CIFAR 32, MNIST 28, shapes as generated), 224 for folders
-    "resize": 0,                 # 0: image_size * 256 / 224 (images already image_size square are kept as they are)
+    "resize": 0,                 # 0: image_size * 256 / 224 (a data set at its native image_size is used as it is)
     "eval_batch_size": 256,      # images per batch for validation and feature extraction
     "workers": 8,
     "device": "auto",
