@@ -58,11 +58,13 @@ def test_knn_and_linear_records_state_the_precision(shapes_root, tmp_path, amp):
 ])
 def test_transfer_records_state_the_precision(amp, device, expected, tmp_path):
     from transfer.configs import task_config
-    from transfer.run import TransferOptions, run_settings
+    from simsiam_eval.config import load_config
+    from transfer.defaults import TRANSFER_DEFAULTS
+    from transfer.run import run_settings
     from transfer.trainer import build_config
 
     config_file = task_config("voc07")
     cfg = build_config(str(config_file), ["SOLVER.AMP.ENABLED", str(amp)])
     cfg.MODEL.DEVICE = device  # as resolved on a machine with a GPU
-    options = TransferOptions(checkpoint="x", task="voc07")
+    options = load_config(None, TRANSFER_DEFAULTS, ["checkpoint=x", "task=voc07"])
     assert run_settings(options, config_file, cfg, 1, "none", tmp_path)["precision"] == expected

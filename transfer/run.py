@@ -15,9 +15,9 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from simsiam_eval.config import Config
 from simsiam_eval.errors import UserError
 from simsiam_eval.precision import AMP_FP16, FP32
 from simsiam_eval.results.records import build_record
@@ -39,24 +39,6 @@ from transfer.weights import check_weights
 RUN_CONFIG = "run_config.yaml"
 
 
-@dataclass
-class TransferOptions:
-    checkpoint: str
-    task: str
-    trials: int = 5
-    num_gpus: int | None = None          # processes; default: the CUDA devices, or 1 on the CPU
-    output_dir: str | None = None
-    opts: list[str] = field(default_factory=list)  # Detectron2 KEY VALUE overrides
-    checkpoint_format: str = "auto"
-    data_root: str | None = None         # $DETECTRON2_DATASETS
-    seed: int = 0
-    ims_per_device: int | None = None
-    results: str | None = None           # results database (default: OUTPUT_DIR/results.db)
-    tags: list[str] = field(default_factory=list)
-    name: str | None = None              # the checkpoint's row label in tables
-    dist_url: str = "auto"
-    quiet: bool = False                  # trial logs only to OUTPUT_DIR/trial<i>/log.txt
-
 
 def default_output_dir(task: str, ckpt) -> Path:
     """``runs/transfer/<data>/<checkpoint file stem>-<sha256 prefix>``."""
@@ -64,20 +46,21 @@ def default_output_dir(task: str, ckpt) -> Path:
     return Path("runs") / "transfer" / task_data_name(task) / f"{stem}-{(ckpt.sha256 or '')[:8]}".rstrip("-")
 
 
-def device_count(requested: int | None) -> int:
+def device_count(requested: int) -> int:
+    """``num_gpus``, or (0) every visible GPU, else 1."""
     import torch
 
-    if requested is not None:
-        if requested < 1:
-            raise UserError(f"--num-gpus must be at least 1, got {requested}")
-        return requested
-    return max(1, torch.cuda.device_count())
+    if requested < 0:
+        raise UserError(f"num_gpus must be 0 (every visible GPU) or more, got {requested}")
+    return requested or max(1, torch.cuda.device_count())
 
 
-def memory_cap(requested: int | None, device: str) -> tuple[int | None, str]:
-    """Images per device that fit: --ims-per-device, an estimate from CUDA memory, or no limit on the CPU."""
-    if requested is not None:
-        return requested, f"--ims-per-device {requested}"
+def memory_cap(requested: int, device: str) -> tuple[int | None, str]:
+    """Images per device that fit: ``ims_per_device``, (0) an estimate from CUDA memory, or no limit on the CPU."""
+    if requested < 0:
+        raise UserError(f"ims_per_device must be 0 (estimate) or more, got {requested}")
+    if requested:
+        return requested, f"ims_per_device {requested}"
     if device.startswith("cuda"):
         import torch
 
@@ -99,7 +82,7 @@ def recipe_schedule(cfg) -> Schedule:
                     solver.WARMUP_ITERS, solver.CHECKPOINT_PERIOD, cfg.TEST.EVAL_PERIOD)
 
 
-def convert_weights(options: TransferOptions, ckpt, output_dir: Path) -> Path:
+def convert_weights(options: Config, ckpt, output_dir: Path) -> Path:
     """The checkpoint's Detectron2 weights file in ``output_dir/weights``, converted and verified once."""
     from simsiam_eval.checkpoints.convert import convert_checkpoint
 
@@ -107,7 +90,7 @@ def convert_weights(options: TransferOptions, ckpt, output_dir: Path) -> Path:
     if weights.is_file():
         print(f"weights: {weights} (converted earlier)")
     else:
-        report = convert_checkpoint(options.checkpoint, weights, "detectron2", options.checkpoint_format)
+        report = convert_checkpoint(options.checkpoint, weights, "detectron2", options.format)
         print(f"weights: {options.checkpoint} ({report.source.source_format}, {report.source.arch}) -> {weights}")
         print(report.table())
     return weights
@@ -153,7 +136,7 @@ def check_overrides(opts: list[str]) -> None:
         raise UserError(f"overrides come in KEY VALUE pairs; got an odd number: {' '.join(opts)}")
 
 
-def resolve_config(options: TransferOptions, config_file: Path):
+def resolve_config(options: Config, config_file: Path):
     """The recipe with the overrides, its batch and schedule scaled for the devices; the scaling note."""
     from transfer.trainer import build_config
 
@@ -201,12 +184,12 @@ def model_name(cfg) -> str:
     return name
 
 
-def prepare_weights(options: TransferOptions, cfg):
+def prepare_weights(options: Config, cfg):
     """The checkpoint read and converted into the run folder, matched against the detector; sets
     MODEL.WEIGHTS. Returns (checkpoint, run folder)."""
     from simsiam_eval.checkpoints import read_checkpoint
 
-    ckpt = read_checkpoint(options.checkpoint, options.checkpoint_format)
+    ckpt = read_checkpoint(options.checkpoint, options.format)
     check_backbone_fits(cfg, ckpt, options.checkpoint)
     output_dir = Path(options.output_dir) if options.output_dir else default_output_dir(options.task, ckpt)
     weights = convert_weights(options, ckpt, output_dir)
@@ -215,7 +198,7 @@ def prepare_weights(options: TransferOptions, cfg):
     return ckpt, output_dir
 
 
-def run_settings(options: TransferOptions, config_file: Path, cfg, devices: int, scaling: str,
+def run_settings(options: Config, config_file: Path, cfg, devices: int, scaling: str,
                  output_dir: Path) -> dict:
     """The ``settings`` of the records: what was run, on what, with which batch and schedule."""
     solver = cfg.SOLVER
@@ -228,7 +211,7 @@ def run_settings(options: TransferOptions, config_file: Path, cfg, devices: int,
             "data_root": str(dataset_root())}
 
 
-def train_in_subprocess(trial: Trial, run_config: Path, devices: int, options: TransferOptions) -> float:
+def train_in_subprocess(trial: Trial, run_config: Path, devices: int, options: Config) -> float:
     """One trial as a ``python -m transfer.trainer`` process (resuming from the trial's folder); seconds."""
     trial.folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -243,9 +226,21 @@ def train_in_subprocess(trial: Trial, run_config: Path, devices: int, options: T
     return time.time() - t0
 
 
-def run_transfer(options: TransferOptions) -> dict:
-    """Everything ``simsiam-eval transfer`` does; returns the aggregate record."""
-    check_overrides(options.opts)
+def check_transfer_config(options: Config) -> None:
+    """The keys every run needs, and Detectron2's overrides in pairs."""
+    for key in ("checkpoint", "task"):
+        if not options[key]:
+            raise UserError(f"{key} is empty: give --{key}")
+    if options.trials < 1:
+        raise UserError(f"trials must be at least 1, got {options.trials}")
+    check_overrides([str(item) for item in options.opts])
+
+
+def run_transfer(options: Config) -> dict:
+    """Everything ``simsiam-eval transfer`` does (``options``: the keys of ``transfer.defaults``);
+    returns the aggregate record."""
+    check_transfer_config(options)
+    options = Config({**options, "opts": [str(item) for item in options.opts]})
     config_file = task_config(options.task)
     if options.data_root:
         os.environ["DETECTRON2_DATASETS"] = str(Path(options.data_root).expanduser().resolve())
@@ -259,7 +254,7 @@ def run_transfer(options: TransferOptions) -> dict:
 
     data = {"name": task_data_name(options.task), "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)}
     settings = run_settings(options, config_file, cfg, devices, scaling, output_dir)
-    db_path = resolve_db_path(options.results, output_dir)
+    db_path = resolve_db_path(options.results or None, output_dir)
     timings: dict[int, tuple[float, float]] = {}
 
     def train(trial: Trial) -> None:
@@ -269,7 +264,7 @@ def run_transfer(options: TransferOptions) -> dict:
     def publish(trial: Trial, metrics: dict) -> None:
         t0, seconds = timings.get(trial.index, (trial.results_file.stat().st_mtime, 0.0))
         record = build_record("transfer", metrics, ckpt.record(), data, settings, t0, seconds,
-                              seed=trial.seed, trial=trial.index, tags=options.tags, name=options.name)
+                              seed=trial.seed, trial=trial.index, tags=options.tags, name=options.name or None)
         publish_record(record, trial.record_file, db_path)
 
     trials = plan_trials(output_dir, options.trials, options.seed)
@@ -279,7 +274,7 @@ def run_transfer(options: TransferOptions) -> dict:
     ids = [json.loads(t.record_file.read_text())["id"] for t in trials]
     record = build_record("transfer-aggregate", aggregate_metrics(summary), ckpt.record(), data,
                           {**settings, "trials": len(trials), "seeds": [t.seed for t in trials], "trial_records": ids},
-                          started, time.time() - started, tags=options.tags, name=options.name)
+                          started, time.time() - started, tags=options.tags, name=options.name or None)
     record["id"] = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:32]  # the same trials: stored once
     publish_record(record, output_dir / "aggregate.json", db_path)
     print(f"records: {output_dir}/trial*/record.json, {output_dir / 'aggregate.json'}; database {db_path}")

@@ -201,7 +201,9 @@ def detection_step(out: Path, checkpoint: Path, name: str) -> str:
     from simsiam_eval.checkpoints import read_checkpoint
     from simsiam_eval.errors import UserError
     from transfer.preflight import require_detectron2
-    from transfer.run import TransferOptions, run_transfer
+    from simsiam_eval.config import load_config
+    from transfer.defaults import TRANSFER_DEFAULTS
+    from transfer.run import run_transfer
 
     try:
         require_detectron2()
@@ -216,9 +218,9 @@ def detection_step(out: Path, checkpoint: Path, name: str) -> str:
         return f"skipped: {reason}"
     config, overrides = task
     print(f"config: {config} {' '.join(overrides)}".rstrip())
-    options = TransferOptions(checkpoint=str(checkpoint), task=config, trials=1, opts=overrides,
-                              output_dir=str(out / "transfer"), data_root=str(out / "data"),
-                              results=str(out / "results.db"), tags=["demo"], name=name, quiet=True)
+    options = load_config(None, TRANSFER_DEFAULTS)
+    options.update(checkpoint=str(checkpoint), task=config, trials=1, opts=overrides, output_dir=str(out / "transfer"),
+                   data_root=str(out / "data"), results=str(out / "results.db"), tags=["demo"], name=name, quiet=True)
     try:
         run_transfer(options)
     except UserError as exc:
