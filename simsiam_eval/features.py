@@ -18,7 +18,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models import ResNet
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
 from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
+from simsiam_eval.distributed import all_gather_rows, all_ranks_agree, barrier, world
 from simsiam_eval.errors import UserError
 from simsiam_eval.precision import precision_name, uses_amp
 
@@ -49,13 +49,6 @@ def default_cache_dir() -> Path:
     """``$SIMSIAM_EVAL_CACHE`` or ``~/.cache/simsiam-eval/features``."""
     env = os.environ.get("SIMSIAM_EVAL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "simsiam-eval" / "features"
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the current process group, (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def pool5(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -84,20 +77,6 @@ class SeededViews(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + index)
             return self.dataset[index]
-
-
-def _gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
-    """All-gather rows embedded round-robin (rank r holds items r, r+W, ...) back into item order."""
-    rank, size = world()
-    per_rank = -(-total // size)
-    padded = local.new_zeros((per_rank, *local.shape[1:]))
-    padded[: len(local)] = local
-    if dist.get_backend() == "nccl":
-        padded = padded.cuda()
-    gathered = [torch.empty_like(padded) for _ in range(size)]
-    dist.all_gather(gathered, padded)
-    stacked = torch.stack(gathered, dim=1).cpu()  # (per_rank, world, ...): row i*W + r
-    return stacked.reshape(per_rank * size, *local.shape[1:])[:total]
 
 
 @torch.no_grad()
@@ -131,7 +110,7 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
             module.training = training
     features, label_tensor = torch.cat(feats), torch.cat(labels)
     if size > 1:
-        features, label_tensor = _gather_rows(features, len(dataset)), _gather_rows(label_tensor, len(dataset))
+        features, label_tensor = all_gather_rows(features, len(dataset)), all_gather_rows(label_tensor, len(dataset))
     return features, label_tensor
 
 
@@ -202,15 +181,6 @@ def load_frozen_backbone(checkpoint: str, fmt: str = "auto", arch: str | None = 
     return ckpt.record(), backbone, f"{ckpt.sha256}:{ckpt.arch}:{ckpt.stem}:{ckpt.width}"
 
 
-def _all_ranks_agree(flag: bool) -> bool:
-    rank, size = world()
-    if size == 1:
-        return flag
-    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
 def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Callable, device: torch.device,
                      model_id: str | None = None, cache: FeatureCache | None = None, view_seed: int | None = None,
                      batch_size: int = 256, workers: int = 4, amp: bool = False, progress: bool = True,
@@ -237,7 +207,7 @@ def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Calla
                        "precision": precision_name(amp, device)}
         key = FeatureCache.key(description)
         hit = cache.load(key)
-        if _all_ranks_agree(hit is not None):
+        if all_ranks_agree(hit is not None):
             return FeatureSet(hit[0], hit[1], classes)
     features, labels = extract_features(model, source, device, batch_size, workers, amp, progress,
                                         desc=f"features {parsed}")
@@ -245,8 +215,7 @@ def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Calla
         features = cache.round(features)
         if world()[0] == 0:
             cache.save(key, features, labels, description)
-        if world()[1] > 1:
-            dist.barrier()
+        barrier()
     return FeatureSet(features, labels, classes)
 
 

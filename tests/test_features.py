@@ -16,7 +16,7 @@ from simsiam_eval.checkpoints import build_backbone, read_checkpoint
 from simsiam_eval.data.specs import open_dataset
 from simsiam_eval.data.transforms import eval_transform, linear_train_transform
 from simsiam_eval.features import FeatureCache, dataset_features, extract_features
-from simsiam_eval.knn_monitor import run_knn_monitor
+from simsiam_eval.knn.monitor import run_knn_monitor
 
 CPU = torch.device("cpu")
 
