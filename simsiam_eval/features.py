@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,11 +28,14 @@ from tqdm import tqdm
 from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
 from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
 from simsiam_eval.distributed import all_gather_rows, all_ranks_agree, barrier, world
-from simsiam_eval.errors import UserError
+from simsiam_eval.errors import UserError, one_line
 from simsiam_eval.precision import precision_name, uses_amp
 
 CACHE_FORMAT = 1
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# What torch.load and the field lookup raise on a bad entry: a truncated or damaged file (zip reader
+# RuntimeError, EOFError, OSError), a pickle it refuses (UnpicklingError), missing fields or not a dict.
+UNREADABLE_CACHE_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, TypeError)
 
 
 @dataclass
@@ -150,14 +155,22 @@ class FeatureCache:
         return self.root / f"{key}.pt"
 
     def load(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features float32, labels) of ``key``, or None when the entry is missing or unreadable.
+
+        An unreadable entry (truncated, damaged, not ours, missing fields) is recomputed, never trusted;
+        a line on stderr says which file was discarded and why.
+        """
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            return blob["features"].float(), blob["labels"]
-        except Exception:  # a damaged cache entry is recomputed, never trusted
+            features, labels = blob["features"], blob["labels"]
+        except UNREADABLE_CACHE_ERRORS as exc:
+            print(f"feature cache: discarded {path} ({type(exc).__name__}: {one_line(exc)}); recomputing",
+                  file=sys.stderr, flush=True)
             return None
+        return features.float(), labels
 
     def save(self, key: str, features: torch.Tensor, labels: torch.Tensor, description: dict) -> None:
         blob = {"format": CACHE_FORMAT, "features": features.to(CACHE_DTYPES[self.dtype]),
