@@ -129,7 +129,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
 
 def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, float]:
     """kNN accuracy of the pool5 features of the encoder being trained."""
-    from simsiam_eval.knn_monitor import run_knn_monitor as knn_monitor
+    from simsiam_eval.knn.monitor import run_knn_monitor as knn_monitor
 
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, cfg.knn.image_size, amp=cfg.amp)

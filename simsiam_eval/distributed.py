@@ -1,4 +1,5 @@
-"""torch.distributed set-up shared by every command: torchrun env, NCCL on GPU, gloo on CPU."""
+"""Every torch.distributed helper: set-up (torchrun env, NCCL on GPU, gloo on CPU), world info,
+all-reduces, the round-robin gather and the rank agreement; each is a no-op in a single process."""
 from __future__ import annotations
 
 import os
@@ -52,8 +53,24 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 
 def barrier() -> None:
+    """Wait for every process (no-op outside torch.distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over all processes (identity in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -65,6 +82,31 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
+    """All-gather rows embedded round-robin (rank r holds items r, r+W, ...) back into item order."""
+    size = world()[1]
+    per_rank = -(-total // size)
+    padded = local.new_zeros((per_rank, *local.shape[1:]))
+    padded[: len(local)] = local
+    if dist.get_backend() == "nccl":
+        padded = padded.cuda()
+    gathered = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(gathered, padded)
+    stacked = torch.stack(gathered, dim=1).cpu()  # (per_rank, world, ...): row i*W + r
+    return stacked.reshape(per_rank * size, *local.shape[1:])[:total]
+
+
+def all_ranks_agree(flag: bool) -> bool:
+    """True on every process when ``flag`` is True on every process (``flag`` itself in a single one)."""
+    size = world()[1]
+    if size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
 def cleanup() -> None:
+    """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models import ResNet
@@ -26,11 +27,15 @@ from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
 from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
-from simsiam_eval.errors import UserError
+from simsiam_eval.distributed import all_gather_rows, all_ranks_agree, barrier, world
+from simsiam_eval.errors import UserError, one_line
 from simsiam_eval.precision import precision_name, uses_amp
 
 CACHE_FORMAT = 1
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+# What torch.load and the field lookup raise on a bad entry: a truncated or damaged file (zip reader
+# RuntimeError, EOFError, OSError), a pickle it refuses (UnpicklingError), missing fields or not a dict.
+UNREADABLE_CACHE_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, TypeError)
 
 
 @dataclass
@@ -49,13 +54,6 @@ def default_cache_dir() -> Path:
     """``$SIMSIAM_EVAL_CACHE`` or ``~/.cache/simsiam-eval/features``."""
     env = os.environ.get("SIMSIAM_EVAL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "simsiam-eval" / "features"
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the current process group, (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def pool5(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -84,20 +82,6 @@ class SeededViews(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + index)
             return self.dataset[index]
-
-
-def _gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
-    """All-gather rows embedded round-robin (rank r holds items r, r+W, ...) back into item order."""
-    rank, size = world()
-    per_rank = -(-total // size)
-    padded = local.new_zeros((per_rank, *local.shape[1:]))
-    padded[: len(local)] = local
-    if dist.get_backend() == "nccl":
-        padded = padded.cuda()
-    gathered = [torch.empty_like(padded) for _ in range(size)]
-    dist.all_gather(gathered, padded)
-    stacked = torch.stack(gathered, dim=1).cpu()  # (per_rank, world, ...): row i*W + r
-    return stacked.reshape(per_rank * size, *local.shape[1:])[:total]
 
 
 @torch.no_grad()
@@ -131,7 +115,7 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
             module.training = training
     features, label_tensor = torch.cat(feats), torch.cat(labels)
     if size > 1:
-        features, label_tensor = _gather_rows(features, len(dataset)), _gather_rows(label_tensor, len(dataset))
+        features, label_tensor = all_gather_rows(features, len(dataset)), all_gather_rows(label_tensor, len(dataset))
     return features, label_tensor
 
 
@@ -171,14 +155,22 @@ class FeatureCache:
         return self.root / f"{key}.pt"
 
     def load(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(features float32, labels) of ``key``, or None when the entry is missing or unreadable.
+
+        An unreadable entry (truncated, damaged, not ours, missing fields) is recomputed, never trusted;
+        a line on stderr says which file was discarded and why.
+        """
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            return blob["features"].float(), blob["labels"]
-        except Exception:  # a damaged cache entry is recomputed, never trusted
+            features, labels = blob["features"], blob["labels"]
+        except UNREADABLE_CACHE_ERRORS as exc:
+            print(f"feature cache: discarded {path} ({type(exc).__name__}: {one_line(exc)}); recomputing",
+                  file=sys.stderr, flush=True)
             return None
+        return features.float(), labels
 
     def save(self, key: str, features: torch.Tensor, labels: torch.Tensor, description: dict) -> None:
         blob = {"format": CACHE_FORMAT, "features": features.to(CACHE_DTYPES[self.dtype]),
@@ -200,15 +192,6 @@ def load_frozen_backbone(checkpoint: str, fmt: str = "auto", arch: str | None = 
     ckpt = read_checkpoint(checkpoint, fmt, arch)
     backbone = build_backbone(ckpt, device).requires_grad_(False)
     return ckpt.record(), backbone, f"{ckpt.sha256}:{ckpt.arch}:{ckpt.stem}:{ckpt.width}"
-
-
-def _all_ranks_agree(flag: bool) -> bool:
-    rank, size = world()
-    if size == 1:
-        return flag
-    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
 
 
 def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Callable, device: torch.device,
@@ -237,7 +220,7 @@ def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Calla
                        "precision": precision_name(amp, device)}
         key = FeatureCache.key(description)
         hit = cache.load(key)
-        if _all_ranks_agree(hit is not None):
+        if all_ranks_agree(hit is not None):
             return FeatureSet(hit[0], hit[1], classes)
     features, labels = extract_features(model, source, device, batch_size, workers, amp, progress,
                                         desc=f"features {parsed}")
@@ -245,8 +228,7 @@ def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Calla
         features = cache.round(features)
         if world()[0] == 0:
             cache.save(key, features, labels, description)
-        if world()[1] > 1:
-            dist.barrier()
+        barrier()
     return FeatureSet(features, labels, classes)
 
 

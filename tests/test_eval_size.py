@@ -14,8 +14,10 @@ from simsiam_eval.data.sizes import evaluation_size
 from simsiam_eval.data.specs import native_image_size
 from simsiam_eval.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from simsiam_eval.distributed import DistInfo
-from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
-from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
+from simsiam_eval.knn.defaults import KNN_DEFAULTS
+from simsiam_eval.knn.evaluate import run_knn
+from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
+from simsiam_eval.linear.evaluate import run_linear
 from test_data import FASHION, write_cifar10, write_idx
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

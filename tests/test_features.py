@@ -16,7 +16,7 @@ from simsiam_eval.checkpoints import build_backbone, read_checkpoint
 from simsiam_eval.data.specs import open_dataset
 from simsiam_eval.data.transforms import eval_transform, linear_train_transform
 from simsiam_eval.features import FeatureCache, dataset_features, extract_features
-from simsiam_eval.knn_monitor import run_knn_monitor
+from simsiam_eval.knn.monitor import run_knn_monitor
 
 CPU = torch.device("cpu")
 
@@ -64,6 +64,59 @@ def test_cache_is_reused_and_keyed_by_model_data_and_transform(shapes_root, back
                                   progress=False)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # a model without id is never cached
     assert torch.allclose(without_id.features, first.features, atol=1e-2)
+
+
+def damage(path, how: str) -> None:
+    """Spoil a cache file the way a crash, a full disk or an older writer would."""
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "truncated-header":
+        path.write_bytes(data[:100])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"not a torch file " * 50)
+    elif how == "missing-labels":
+        blob = torch.load(path, weights_only=True)
+        del blob["labels"]
+        torch.save(blob, path)
+    else:
+        torch.save([1, 2, 3], path)  # not a dict
+
+
+@pytest.mark.parametrize("how, reason", [("truncated", "OSError"), ("truncated-header", "RuntimeError"),
+                                         ("empty", "EOFError"),
+                                         ("garbage", "UnpicklingError"), ("missing-labels", "KeyError: 'labels'"),
+                                         ("not-a-dict", "TypeError")])
+def test_unreadable_cache_entry_is_discarded_with_its_reason_and_recomputed(shapes_root, backbone, tmp_path,
+                                                                           capsys, how, reason):
+    cache = FeatureCache(tmp_path / "cache")
+    spec = f"shapes:{shapes_root}@val"
+    options = dict(model_id="ckpt-a", cache=cache, workers=0, progress=False)
+    first = dataset_features(backbone, spec, eval_transform(32), CPU, **options)
+    (path,) = (tmp_path / "cache").glob("*.pt")
+    damage(path, how)
+    capsys.readouterr()
+    again = dataset_features(backbone, spec, eval_transform(32), CPU, **options)
+    err = capsys.readouterr().err
+    assert torch.equal(again.features, first.features) and torch.equal(again.labels, first.labels)
+    assert err.count("\n") == 1 and f"feature cache: discarded {path} ({reason}" in err and "recomputing" in err
+    assert cache.load(path.stem) is not None  # the recomputed features were written back
+
+
+def test_a_bug_while_reading_the_cache_is_not_taken_for_a_bad_file(shapes_root, backbone, tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path / "cache")
+    spec = f"shapes:{shapes_root}@val"
+    dataset_features(backbone, spec, eval_transform(32), CPU, model_id="ckpt-a", cache=cache, workers=0,
+                     progress=False)
+
+    def buggy_load(*args, **kwargs):
+        raise NameError("a bug in our own code")
+
+    monkeypatch.setattr(torch, "load", buggy_load)
+    with pytest.raises(NameError, match="a bug in our own code"):
+        dataset_features(backbone, spec, eval_transform(32), CPU, model_id="ckpt-a", cache=cache, workers=0)
 
 
 def test_seeded_augmented_views_are_reproducible(shapes_root, backbone):

@@ -7,10 +7,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
-import simsiam_eval.knn as knn_module
+import simsiam_eval.knn.certify as certify_module
+import simsiam_eval.knn.classify as classify_module
+import simsiam_eval.knn.search as search_module
 from simsiam_eval.errors import UserError
-from simsiam_eval.knn import (FaissSearch, TorchSearch, exact_similarities, knn_classify, l2_normalize,
-                              nearest_neighbors)
+from simsiam_eval.knn.certify import exact_similarities, nearest_neighbors
+from simsiam_eval.knn.classify import knn_classify
+from simsiam_eval.knn.search import FaissSearch, TorchSearch
+from simsiam_eval.knn.vote import l2_normalize
 
 
 def clustered(n: int, dim: int, classes: int, seed: int, spread: float = 1.5):
@@ -76,8 +80,9 @@ def test_faiss_and_torch_backends_agree_exactly(monkeypatch):
     val[:5] = train[0]
     bank, queries = l2_normalize(train), l2_normalize(val)
     reference = nearest_neighbors(bank, queries, 200, TorchSearch(bank))
-    monkeypatch.setattr(knn_module, "BLOCK_ELEMENTS", 1 << 12)  # tiny blocks: chunked queries and bank
-    monkeypatch.setattr(knn_module, "REFINE_ELEMENTS", 1 << 14)
+    monkeypatch.setattr(search_module, "BLOCK_ELEMENTS", 1 << 12)  # tiny blocks: chunked queries and bank
+    monkeypatch.setattr(certify_module, "REFINE_ELEMENTS", 1 << 14)
+    monkeypatch.setattr(classify_module, "REFINE_ELEMENTS", 1 << 14)
     for search in (TorchSearch(bank), FaissSearch(bank, use_gpu=False), FaissSearch(bank, use_gpu=False, shard_rows=700)):
         sims, idx = nearest_neighbors(bank, queries, 200, search)
         assert torch.equal(idx, reference[1]) and torch.equal(sims, reference[0]), search.name
@@ -226,7 +231,8 @@ def test_bad_inputs_are_user_errors(bad):
 def test_preset_sets_k_and_temperature_unless_given_on_the_command_line():
     from simsiam_eval.cli import build_parser
     from simsiam_eval.commands._evaluation import evaluation_config
-    from simsiam_eval.knn_eval import KNN_DEFAULTS, apply_preset
+    from simsiam_eval.knn.defaults import KNN_DEFAULTS
+    from simsiam_eval.knn.evaluate import apply_preset
 
     def resolve(*argv):
         args = build_parser().parse_args(["knn", *argv])

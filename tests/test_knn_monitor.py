@@ -12,7 +12,8 @@ from pretrain.defaults import PRETRAIN_DEFAULTS
 from pretrain.train import train
 from simsiam_eval.config import load_config
 from simsiam_eval.distributed import DistInfo
-from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
+from simsiam_eval.knn.defaults import KNN_DEFAULTS
+from simsiam_eval.knn.evaluate import run_knn
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 TINY = ["batch_size=24", "model.stem=cifar", "model.width=8", "model.dim=64", "model.pred_dim=16", "workers=0",

@@ -16,7 +16,8 @@ from pretrain.defaults import PRETRAIN_DEFAULTS
 from pretrain.train import train
 from simsiam_eval.config import load_config
 from simsiam_eval.distributed import DistInfo
-from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
+from simsiam_eval.knn.defaults import KNN_DEFAULTS
+from simsiam_eval.knn.evaluate import run_knn
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 MARGIN = 8.0  # percentage points of kNN top-1 over the initial weights (24 of the 300 val images)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from simsiam_eval.lars import LARS
+from simsiam_eval.linear.lars import LARS
 
 TRUST, EPS, LR, MOMENTUM = 0.001, 1e-8, 1.6, 0.9
 

@@ -24,15 +24,16 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
-import simsiam_eval.linear as linear_module
-import simsiam_eval.linear_probe as linear_probe
+import simsiam_eval.linear.evaluate as linear_evaluate
+import simsiam_eval.linear.trainer as linear_trainer
 from simsiam_eval import cli
 from simsiam_eval.checkpoints import build_backbone, read_checkpoint
 from simsiam_eval.config import load_config
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
-from simsiam_eval.linear import LinearTrainer, build_classifier, build_optimizer
-from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
+from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
+from simsiam_eval.linear.evaluate import run_linear
+from simsiam_eval.linear.trainer import LinearTrainer, build_classifier, build_optimizer
 from simsiam_eval.results.records import checkpoint_name
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -85,13 +86,13 @@ def test_protocol_mode_leaves_every_backbone_tensor_bit_identical(shapes_root, t
     reference = build_backbone(read_checkpoint(TINY_BACKBONE))
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     held = build_backbone(read_checkpoint(TINY_BACKBONE)).train()  # handed over in train mode on purpose
-    original = linear_probe.load_frozen_backbone
+    original = linear_evaluate.load_frozen_backbone
 
     def hand_over(*args, **kwargs):
         record, _, model_id = original(*args, **kwargs)
         return record, held.requires_grad_(False), model_id
 
-    monkeypatch.setattr(linear_probe, "load_frozen_backbone", hand_over)
+    monkeypatch.setattr(linear_evaluate, "load_frozen_backbone", hand_over)
     record = run_linear(probe_config(shapes_root, tmp_path, mode="protocol", epochs=2), CPU)
     after = held.state_dict()
     assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
@@ -108,7 +109,7 @@ def test_record_holds_the_best_epoch_as_main_lincls_and_the_last(shapes_root, tm
         top1, top5 = next(scripted)
         return {"val_loss": 1.0, "top1": top1, "top5": top5}
 
-    monkeypatch.setattr(linear_module, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(linear_trainer, "evaluate", scripted_evaluate)
     metrics = run_linear(probe_config(shapes_root, tmp_path, mode="cached", epochs=4), CPU)["metrics"]
     assert (metrics["top1"], metrics["top5"], metrics["best_epoch"]) == (55.0, 90.0, 2)
     assert (metrics["last_top1"], metrics["last_top5"]) == (50.0, 85.0)
@@ -117,7 +118,7 @@ def test_record_holds_the_best_epoch_as_main_lincls_and_the_last(shapes_root, tm
 def test_cached_mode_resumes_to_the_same_result(shapes_root, tmp_path, monkeypatch):
     full = run_linear(probe_config(shapes_root, tmp_path / "a", mode="cached", epochs=4, views=2), CPU)
     calls = {"n": 0}
-    real_evaluate = linear_module.evaluate
+    real_evaluate = linear_trainer.evaluate
 
     def crash_on_third_epoch(*args, **kwargs):
         calls["n"] += 1
@@ -125,7 +126,7 @@ def test_cached_mode_resumes_to_the_same_result(shapes_root, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(linear_module, "evaluate", crash_on_third_epoch)
+    monkeypatch.setattr(linear_trainer, "evaluate", crash_on_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         run_linear(probe_config(shapes_root, tmp_path / "b", mode="cached", epochs=4, views=2), CPU)
     monkeypatch.undo()
@@ -271,7 +272,7 @@ def main_lincls_restated(checkpoint: Path, classes: int, batches, lr_per_step: l
 
 def test_protocol_steps_equal_main_lincls_restated(colours_root, resnet18_file, tmp_path, monkeypatch):
     RecordingDataLoader.batches = []
-    monkeypatch.setattr(linear_probe, "DataLoader", RecordingDataLoader)
+    monkeypatch.setattr(linear_evaluate, "DataLoader", RecordingDataLoader)
     cfg = colours_config(colours_root, resnet18_file, tmp_path, optimizer="lars", base_lr=25.6, epochs=2, seed=3)
     run_linear(cfg, CPU)
     fc = torch.load(tmp_path / "run" / "linear_state.pth", weights_only=True)["fc"]

@@ -9,8 +9,10 @@ import torch
 from pretrain.defaults import PRETRAIN_DEFAULTS
 from simsiam_eval.config import load_config
 from simsiam_eval.distributed import DistInfo
-from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
-from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
+from simsiam_eval.knn.defaults import KNN_DEFAULTS
+from simsiam_eval.knn.evaluate import run_knn
+from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
+from simsiam_eval.linear.evaluate import run_linear
 from simsiam_eval.precision import precision_name
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))

@@ -113,8 +113,10 @@ def evaluate_step(out: Path, data: str, checkpoint: str, name: str, folder_name:
     """Weighted kNN (the monitor's k and T) and the cached linear probe over several seeds, recorded
     under ``eval/<folder_name>`` with ``name`` as their table row (epochs come from the checkpoint)."""
     from simsiam_eval.distributed import cleanup, init_distributed
-    from simsiam_eval.knn_eval import KNN_DEFAULTS, run_knn
-    from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
+    from simsiam_eval.knn.defaults import KNN_DEFAULTS
+    from simsiam_eval.knn.evaluate import run_knn
+    from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
+    from simsiam_eval.linear.evaluate import run_linear
 
     db = out / "results.db"
     folder = out / "eval" / folder_name

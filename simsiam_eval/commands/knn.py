@@ -9,8 +9,7 @@ from simsiam_eval.commands._evaluation import add_evaluation_flags, evaluation_c
 
 def register(subparsers) -> None:
     from simsiam_eval.config import describe_keys
-    from simsiam_eval.knn import BACKENDS, PRESETS, WEIGHTINGS
-    from simsiam_eval.knn_eval import KNN_DEFAULTS
+    from simsiam_eval.knn.defaults import BACKENDS, KNN_DEFAULTS, PRESETS, WEIGHTINGS
 
     presets = "; ".join(f"{name}: k {v['k']}, T {v['temperature']}"
                         + (f", {v['interpolation']} resize" if "interpolation" in v else "")
@@ -37,7 +36,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from simsiam_eval.distributed import cleanup, init_distributed
-    from simsiam_eval.knn_eval import KNN_DEFAULTS, apply_preset, check_knn_config, run_knn
+    from simsiam_eval.knn.defaults import KNN_DEFAULTS
+    from simsiam_eval.knn.evaluate import apply_preset, check_knn_config, run_knn
 
     cfg, given = evaluation_config(args, KNN_DEFAULTS)
     cfg = apply_preset(cfg, given)

@@ -8,8 +8,7 @@ from simsiam_eval.commands._evaluation import add_evaluation_flags, evaluation_c
 
 def register(subparsers) -> None:
     from simsiam_eval.config import describe_keys
-    from simsiam_eval.linear import OPTIMIZERS
-    from simsiam_eval.linear_probe import LINEAR_DEFAULTS, MODES
+    from simsiam_eval.linear.defaults import LINEAR_DEFAULTS, MODES, OPTIMIZERS
 
     parser = subparsers.add_parser(
         "linear", help="linear-probe accuracy of a checkpoint's frozen features (main_lincls)",
@@ -41,7 +40,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from simsiam_eval.distributed import cleanup, init_distributed
-    from simsiam_eval.linear_probe import LINEAR_DEFAULTS, check_linear_config, run_linear
+    from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
+    from simsiam_eval.linear.evaluate import check_linear_config, run_linear
 
     cfg, _ = evaluation_config(args, LINEAR_DEFAULTS)
     check_linear_config(cfg)

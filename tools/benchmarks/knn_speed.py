@@ -66,7 +66,7 @@ def run_one(method: str, args) -> dict:
     start = time.perf_counter()
     detail = ""
     if method.startswith("ours"):
-        from simsiam_eval.knn import knn_classify
+        from simsiam_eval.knn.classify import knn_classify
 
         result = knn_classify(train, train_labels, val, val_labels, ks=[args.k], temperature=args.temperature,
                               backend=method.split("-")[1])

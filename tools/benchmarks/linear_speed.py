@@ -20,7 +20,8 @@ import torch
 
 from simsiam_eval.config import load_config
 from simsiam_eval.distributed import DistInfo
-from simsiam_eval.linear_probe import LINEAR_DEFAULTS, run_linear
+from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
+from simsiam_eval.linear.evaluate import run_linear
 
 
 def probe(args, epochs: int, workdir: Path, name: str, mode: str, cache_dir: Path) -> tuple[dict, float]:

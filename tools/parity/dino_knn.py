@@ -47,7 +47,7 @@ from common import ParityReport, Row, add_reference_to_path, checkout_revision, 
 from simsiam_eval.data.sizes import evaluation_size, evaluation_transform
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.features import FeatureCache, extract_features, load_frozen_backbone
-from simsiam_eval.knn import knn_classify
+from simsiam_eval.knn.classify import knn_classify
 
 DATA = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 NETWORK = "random:resnet18"
@@ -169,7 +169,7 @@ def main() -> None:
           flush=True)
 
     report = ParityReport(
-        f"DINO eval_knn.knn_classifier vs simsiam_eval.knn.knn_classify (T {TEMPERATURE}, num_classes "
+        f"DINO eval_knn.knn_classifier vs simsiam_eval.knn.classify.knn_classify (T {TEMPERATURE}, num_classes "
         f"{num_classes} passed explicitly; Fashion-MNIST first {len(bank)} train images as the bank, first "
         f"{len(queries)} test images as queries, {NETWORK} seed 0 pool5 at 28 px, L2-normalised by F.normalize "
         "on each side)",

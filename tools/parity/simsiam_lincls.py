@@ -47,8 +47,9 @@ from simsiam_eval.config import load_config
 from simsiam_eval.data.specs import open_dataset
 from simsiam_eval.data.transforms import eval_transform, linear_train_transform
 from simsiam_eval.distributed import DistInfo
-from simsiam_eval.linear import cosine_lr
-import simsiam_eval.linear_probe as linear_probe
+import simsiam_eval.linear.evaluate as linear_evaluate
+from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
+from simsiam_eval.linear.trainer import LinearTrainer, cosine_lr
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 WEIGHT_TOLERANCE = 1e-6
@@ -150,7 +151,7 @@ def run_ours(checkpoint: Path, root: Path, out: Path, options: argparse.Namespac
     """``run_linear`` in protocol mode; returns its record, history, fc before/after and the batches it drew."""
     RecordingDataLoader.passes = {"train": [], "val": []}
     captured: dict = {}
-    build_classifier, load_frozen_backbone = linear_probe.build_classifier, linear_probe.load_frozen_backbone
+    build_classifier, load_frozen_backbone = linear_evaluate.build_classifier, linear_evaluate.load_frozen_backbone
 
     def keep_initial_fc(*args, **kwargs):
         fc = build_classifier(*args, **kwargs)
@@ -167,12 +168,12 @@ def run_ours(checkpoint: Path, root: Path, out: Path, options: argparse.Namespac
               "resize": round(options.image_size * 256 / 224), "workers": 0, "device": "cpu", "amp": False,
               "seed": options.seed, "resume": False, "progress": False, "tensorboard": False, "cache": False,
               "output_dir": out}
-    cfg = load_config(None, linear_probe.LINEAR_DEFAULTS, [f"{k}={v}" for k, v in values.items()] + keys)
-    with mock.patch.object(linear_probe, "DataLoader", RecordingDataLoader), \
-            mock.patch.object(linear_probe, "build_classifier", keep_initial_fc), \
-            mock.patch.object(linear_probe, "load_frozen_backbone", keep_backbone):
-        record = linear_probe.run_linear(cfg, CPU)
-    state = torch.load(out / linear_probe.LinearTrainer.STATE_NAME, map_location="cpu", weights_only=True)
+    cfg = load_config(None, LINEAR_DEFAULTS, [f"{k}={v}" for k, v in values.items()] + keys)
+    with mock.patch.object(linear_evaluate, "DataLoader", RecordingDataLoader), \
+            mock.patch.object(linear_evaluate, "build_classifier", keep_initial_fc), \
+            mock.patch.object(linear_evaluate, "load_frozen_backbone", keep_backbone):
+        record = linear_evaluate.run_linear(cfg, CPU)
+    state = torch.load(out / LinearTrainer.STATE_NAME, map_location="cpu", weights_only=True)
     backbone = captured["backbone"]
     trainable = ([f"fc.{n}" for n, p in captured["fc"].named_parameters() if p.requires_grad]
                  + [n for n, p in backbone.named_parameters() if p.requires_grad])

@@ -24,51 +24,10 @@ from simsiam_eval.data.transforms import linear_train_transform, normalization_s
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone, pool5
-from simsiam_eval.linear import (DEFAULT_BASE_LR, DEFAULT_BATCH_SIZE, OPTIMIZERS, LinearTrainer, build_classifier,
-                                 build_optimizer, record_metrics)
+from simsiam_eval.linear.defaults import DEFAULT_BASE_LR, DEFAULT_BATCH_SIZE, MODES, OPTIMIZERS
+from simsiam_eval.linear.trainer import LinearTrainer, build_classifier, build_optimizer, record_metrics
 from simsiam_eval.precision import precision_name, uses_amp
 from simsiam_eval.results.records import build_record
-
-MODES = ("protocol", "cached")
-LINEAR_DEFAULTS = {
-    "checkpoint": "",            # checkpoint file (any supported format) or random:ARCH[:STEM[:WIDTH]]
-    "format": "auto",
-    "arch": "",                  # expected arch; empty: whatever the checkpoint holds
-    "train": "",
-    "val": "",
-    "mode": "protocol",          # protocol (main_lincls) | cached (features computed once: a deviation)
-    "views": 0,                  # cached: 0 = train on the eval view; N = N cached augmented views per image
-    "epochs": 90,
-    "optimizer": "lars",         # lars (SimSiam main_lincls --lars) | sgd (MoCo main_lincls' lr 30, batch 256)
-    "batch_size": 0,             # 0: 4096 for lars, 256 for sgd (total over processes)
-    "base_lr": 0.0,              # 0: 0.1 for lars, 30 for sgd; lr = base_lr * batch_size / 256
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "lars": {
-        "trust_coefficient": 0.001,
-        "clip": False,
-        "exclude_1d": False,     # True: biases (1-d) get neither adaptation nor weight decay (DINO style)
-        "eps": 1.0e-8,
-    },
-    "image_size": 0,             # 0: the data's native size (CIFAR 32, MNIST 28, shapes as generated), 224 for folders
-    "resize": 0,                 # 0: image_size * 256 / 224 (a data set at its native image_size is used as it is)
-    "eval_batch_size": 256,      # images per batch for validation and feature extraction
-    "workers": 8,
-    "device": "auto",
-    "amp": False,                # fp16 autocast for the frozen backbone on CUDA (official: fp32)
-    "seed": 0,
-    "resume": True,              # continue from output_dir/linear_state.pth when it is there
-    "progress": True,
-    "tensorboard": True,
-    "cache": True,
-    "cache_dir": "",             # empty: $SIMSIAM_EVAL_CACHE or ~/.cache/simsiam-eval/features
-    "cache_dtype": "float32",
-    "output_dir": "runs/linear", # linear_state.pth, metrics.jsonl, tensorboard/, linear.json, results.db
-    "output": "",                # JSON record; empty: output_dir/linear.json
-    "results": "",               # results database; empty: output_dir/results.db
-    "name": "",                  # row label in tables (default: the checkpoint file)
-    "tags": [],
-}
 
 
 def resolved_hyperparameters(cfg: Config) -> tuple[int, float, float]:
@@ -81,6 +40,7 @@ def resolved_hyperparameters(cfg: Config) -> tuple[int, float, float]:
 
 
 def check_linear_config(cfg: Config) -> None:
+    """One-line errors for missing data/checkpoint, unknown modes or optimisers and bad sizes."""
     for key in ("checkpoint", "train", "val"):
         if not cfg[key]:
             raise UserError(f"{key} is empty: give --{key}")

@@ -10,38 +10,10 @@ from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features,
                                    load_frozen_backbone)
-from simsiam_eval.knn import BACKENDS, PRESETS, WEIGHTINGS, flat_metrics, knn_classify
+from simsiam_eval.knn.classify import flat_metrics, knn_classify
+from simsiam_eval.knn.defaults import BACKENDS, PRESETS, WEIGHTINGS
 from simsiam_eval.precision import precision_name
 from simsiam_eval.results.records import build_record
-
-KNN_DEFAULTS = {
-    "checkpoint": "",            # checkpoint file (any supported format) or random:ARCH[:STEM[:WIDTH]]
-    "format": "auto",            # checkpoint format (auto-detected)
-    "arch": "",                  # expected arch; empty: whatever the checkpoint holds
-    "train": "",                 # dataset spec of the memory bank
-    "val": "",                   # dataset spec of the queries
-    "preset": "",                # instdisc | simsiam-cifar | dino: sets k and temperature
-    "k": [200],                  # several k are evaluated in one search; the first is the headline
-    "temperature": 0.1,
-    "weighting": "exp",          # exp (exp(sim/T) per neighbour) | uniform (one vote per neighbour)
-    "backend": "auto",           # auto (faiss if installed) | faiss | torch
-    "image_size": 0,             # 0: the data's native size (CIFAR 32, MNIST 28, shapes as generated), 224 for folders
-    "resize": 0,                 # 0: image_size * 256 / 224 (a data set at its native image_size is used as it is)
-    "interpolation": "bilinear", # bilinear (main_lincls) | bicubic (DINO eval_knn; the dino preset)
-    "batch_size": 256,
-    "workers": 8,
-    "device": "auto",
-    "amp": False,                # fp16 autocast feature extraction on CUDA (official: fp32)
-    "progress": True,
-    "cache": True,               # reuse / store features in cache_dir
-    "cache_dir": "",             # empty: $SIMSIAM_EVAL_CACHE or ~/.cache/simsiam-eval/features
-    "cache_dtype": "float32",    # float32 | float16 (half the disk space)
-    "output_dir": "runs/eval",   # default home of the JSON record and results.db
-    "output": "",                # JSON record; empty: output_dir/knn-<time>.json
-    "results": "",               # results database; empty: output_dir/results.db
-    "name": "",                  # row label in tables (default: the checkpoint file)
-    "tags": [],                  # labels stored with the record (for tables)
-}
 
 
 def apply_preset(cfg: Config, explicit: set[str]) -> Config:
@@ -57,6 +29,7 @@ def apply_preset(cfg: Config, explicit: set[str]) -> Config:
 
 
 def check_knn_config(cfg: Config) -> None:
+    """One-line errors for missing data/checkpoint and unknown choices or k values."""
     for key in ("checkpoint", "train", "val"):
         if not cfg[key]:
             raise UserError(f"{key} is empty: give --{key}")

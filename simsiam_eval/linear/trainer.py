@@ -1,7 +1,7 @@
 """A linear classifier trained on frozen features (main_lincls semantics), resumable, logged per epoch.
 
 The feature source is a function: ``protocol`` mode feeds pool5 features of augmented images through
-the frozen backbone every step, ``cached`` mode feeds rows of a feature tensor (see linear_probe.py).
+the frozen backbone every step, ``cached`` mode feeds rows of a feature tensor (see evaluate.py).
 """
 from __future__ import annotations
 
@@ -11,24 +11,18 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save
+from simsiam_eval.distributed import all_reduce_sum
 from simsiam_eval.errors import UserError
-from simsiam_eval.lars import LARS
+from simsiam_eval.linear.defaults import OPTIMIZERS
+from simsiam_eval.linear.lars import LARS
 from simsiam_eval.metrics_log import MetricsLog
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (features (B, D) float32, labels (B,)) on the device
-OPTIMIZERS = ("lars", "sgd")
-# lars: SimSiam's main_lincls.py --lars (--lr 0.1 x batch/256, -b 4096: lr 1.6). sgd: the lr and batch of MoCo's
-# main_lincls.py (facebookresearch/moco 87e36d3: --lr 30, -b 256, lr not scaled by batch; 100 epochs, x0.1 at
-# epochs 60 and 80), run here on SimSiam's cosine schedule and epochs; SimSiam's own code without --lars
-# would run SGD at 0.1 x batch/256.
-DEFAULT_BASE_LR = {"lars": 0.1, "sgd": 30.0}
-DEFAULT_BATCH_SIZE = {"lars": 4096, "sgd": 256}
 
 
 def build_classifier(dim: int, num_classes: int, seed: int = 0) -> nn.Linear:
@@ -67,13 +61,6 @@ def record_metrics(history: Sequence[Mapping]) -> dict[str, float]:
             "last_top1": last["top1"], "last_top5": last["top5"], "loss": last["loss"]}
 
 
-def _sum_over_processes(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        values = values.clone()
-        dist.all_reduce(values)
-    return values
-
-
 def train_epoch(fc: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, reduce: bool = False,
                 progress: bool = False, desc: str = "train") -> float:
     """One pass of cross-entropy training; returns the mean loss per sample."""
@@ -88,7 +75,7 @@ def train_epoch(fc: nn.Module, optimizer: torch.optim.Optimizer, batches: Batche
         totals += torch.stack([loss.detach().double() * len(labels),
                                torch.tensor(len(labels), dtype=torch.float64, device=device)])
     if reduce:
-        totals = _sum_over_processes(totals)
+        totals = all_reduce_sum(totals)
     return (totals[0] / totals[1].clamp(min=1)).item()
 
 
@@ -105,7 +92,7 @@ def evaluate(fc: nn.Module, batches: Batches, reduce: bool = False) -> dict[str,
                                top[:, 0].sum().double(), top.any(dim=1).sum().double(),
                                torch.tensor(len(labels), dtype=torch.float64, device=device)])
     if reduce:
-        totals = _sum_over_processes(totals)
+        totals = all_reduce_sum(totals)
     count = totals[3].clamp(min=1)
     return {"val_loss": (totals[0] / count).item(), "top1": (100 * totals[1] / count).item(),
             "top5": (100 * totals[2] / count).item()}

@@ -17,9 +17,10 @@ from torch.utils.data import Dataset
 
 from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
+from simsiam_eval.distributed import world
 from simsiam_eval.errors import UserError
-from simsiam_eval.features import check_same_classes, dataset_features, world
-from simsiam_eval.knn import knn_classify
+from simsiam_eval.features import check_same_classes, dataset_features
+from simsiam_eval.knn.classify import knn_classify
 
 
 @lru_cache(maxsize=4)
