@@ -24,7 +24,7 @@ from typing import Callable
 import pandas as pd
 
 from simsiam_eval.errors import UserError
-from simsiam_eval.report.tables import aggregate as aggregate_long
+from simsiam_eval.results.aggregate import aggregate as aggregate_long
 
 RESULTS_FILE = "final_results.json"
 RECORD_FILE = "record.json"
@@ -80,7 +80,7 @@ def read_trial_metrics(trial: Trial) -> dict[str, float]:
 
 def aggregate(per_trial: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Per metric: mean, sample standard deviation (n - 1; None for a single trial) and n, computed by
-    the tables' aggregation (``simsiam_eval.report.tables.aggregate``) so both agree by construction."""
+    the tables' aggregation (``simsiam_eval.results.aggregate``) so both agree by construction."""
     long = pd.DataFrame([{"metric": key, "value": float(value), "published": False}
                          for metrics in per_trial for key, value in metrics.items()],
                         columns=["metric", "value", "published"])
