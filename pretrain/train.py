@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from pretrain.backbones import Pool5
+from simsiam_eval.models import Pool5
 from pretrain.checkpointing import (INIT_NAME, check_same_model, find_resume_checkpoint, load_checkpoint,
                                     rng_state, save_checkpoint, set_rng_state)
 from pretrain.collapse import collapse_std, collapse_threshold, collapsed_floor, healthy_std, is_collapsed

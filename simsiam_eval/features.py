@@ -21,12 +21,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.models import ResNet
 from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
 from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
 from simsiam_eval.errors import UserError
+from simsiam_eval.models import pool5
 from simsiam_eval.precision import precision_name, uses_amp
 
 CACHE_FORMAT = 1
@@ -56,19 +56,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def pool5(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Global-average-pooled features of the last ResNet stage, whatever ``model.fc`` holds.
-
-    For a torchvision ResNet (also the CIFAR variant and the SimSiam encoder, whose ``fc`` is the
-    projector) this runs the network up to ``avgpool``; any other module is called as is.
-    """
-    if isinstance(model, ResNet):
-        x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
-        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
-        return torch.flatten(model.avgpool(x), 1)
-    return model(images)
 
 
 class SeededViews(Dataset):

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import Subset
 
 import simsiam_eval.features as features_module
-from pretrain.backbones import Pool5
+from simsiam_eval.models import Pool5
 from pretrain.model import SimSiam
 from simsiam_eval.checkpoints import build_backbone, read_checkpoint
 from simsiam_eval.data.specs import open_dataset

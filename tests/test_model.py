@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 from torchvision import models
 
-from pretrain.backbones import Pool5, build_resnet
+from simsiam_eval.models import Pool5, build_resnet
 from pretrain.model import SimSiam
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.backbones import build_resnet
+from simsiam_eval.models import build_resnet
 from simsiam_eval.checkpoints.convert import convert_checkpoint
 from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision
 from simsiam_eval.errors import UserError
