@@ -34,6 +34,7 @@ from transfer.trials import (
     plan_trials,
     run_trials,
 )
+from transfer.verify import LIBRARY_CHECKS
 from transfer.weights import check_weights
 
 RUN_CONFIG = "run_config.yaml"
@@ -107,7 +108,8 @@ def convert_weights(options: TransferOptions, ckpt, output_dir: Path) -> Path:
     if weights.is_file():
         print(f"weights: {weights} (converted earlier)")
     else:
-        report = convert_checkpoint(options.checkpoint, weights, "detectron2", options.checkpoint_format)
+        report = convert_checkpoint(options.checkpoint, weights, "detectron2", options.checkpoint_format,
+                                    library_checks=LIBRARY_CHECKS)
         print(f"weights: {options.checkpoint} ({report.source.source_format}, {report.source.arch}) -> {weights}")
         print(report.table())
     return weights
