@@ -161,7 +161,7 @@ def resolve_config(options: TransferOptions, config_file: Path):
 
     try:
         cfg = build_config(str(config_file), options.opts)
-    except (KeyError, ValueError, AssertionError) as exc:  # yacs: unknown key, wrong type
+    except (KeyError, ValueError) as exc:  # yacs: unknown key, wrong type (build_config checks override keys)
         raise UserError(f"config {config_file} with overrides {' '.join(options.opts) or '(none)'}: "
                         f"{str(exc).strip(chr(39))}") from None
     devices = device_count(options.num_gpus)
