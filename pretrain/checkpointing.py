@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from simsiam_eval.atomic import atomic_torch_save
-from simsiam_eval.errors import UserError
+from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError, one_line
 
 NAME = re.compile(r"^checkpoint_(\d{4,})\.pth\.tar$")
 # The weights before the first step (epoch 0), in the same layout: the controlled "no pretraining"
@@ -78,8 +78,10 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, pickle of foreign objects, ...
-        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    except UNREADABLE_FILE_ERRORS as exc:  # truncated zip, pickle of foreign objects, ...
+        reason = one_line(exc)  # the type's name when the message is empty (EOFError of a truncated file)
+        detail = reason if reason == type(exc).__name__ else f"{type(exc).__name__}: {reason}"
+        raise UserError(f"{path}: not a readable checkpoint ({detail})") from None
     missing = [k for k in ("epoch", "arch", "state_dict", "optimizer") if k not in state]
     if missing:
         raise UserError(f"{path}: not a SimSiam training checkpoint (missing {', '.join(missing)})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pretrain.backbones import build_resnet
+from simsiam_eval.models import build_resnet
 
 
 def build_projector(in_dim: int, out_fc: nn.Linear, num_layers: int) -> nn.Sequential:

@@ -12,7 +12,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from pretrain.backbones import Pool5
 from pretrain.checkpointing import (INIT_NAME, check_same_model, find_resume_checkpoint, load_checkpoint,
                                     rng_state, save_checkpoint, set_rng_state)
 from pretrain.collapse import collapse_std, collapse_threshold, collapsed_floor, healthy_std, is_collapsed
@@ -27,6 +26,7 @@ from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
 from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from simsiam_eval.errors import UserError
 from simsiam_eval.metrics_log import MetricsLog
+from simsiam_eval.models import Pool5
 from simsiam_eval.precision import precision_name, uses_amp
 from simsiam_eval.provenance import git_revision, versions
 

@@ -1,10 +1,20 @@
-"""The one exception type for problems the user can fix (bad file, bad key, missing data)."""
+"""The one exception type for problems the user can fix (bad file, bad key, missing data), and what
+reading a damaged file raises."""
+import pickle
+import struct
 
 WORKER_PREFIX = "Caught UserError in DataLoader worker"
 
 
 class UserError(Exception):
     """A user-facing problem: the CLI prints it as one line and exits non-zero."""
+
+
+# What torch.load (zip and pre-1.6 formats) and pickle raise on empty, truncated or byte-flipped files
+# (UnicodeDecodeError is a ValueError, KeyError and IndexError are LookupErrors). Not TypeError,
+# AttributeError or NameError: from our own code (a wrong argument, a hook that fails) those are bugs.
+UNREADABLE_FILE_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, LookupError, struct.error,
+                          AssertionError, MemoryError, OSError)
 
 
 def one_line(exc: BaseException) -> str:

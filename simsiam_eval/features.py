@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +21,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.models import ResNet
 from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
 from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
 from simsiam_eval.distributed import all_gather_rows, all_ranks_agree, barrier, world
-from simsiam_eval.errors import UserError, one_line
+from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError, one_line
+from simsiam_eval.models import pool5
 from simsiam_eval.precision import precision_name, uses_amp
 
 CACHE_FORMAT = 1
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-# What torch.load and the field lookup raise on a bad entry: a truncated or damaged file (zip reader
-# RuntimeError, EOFError, OSError), a pickle it refuses (UnpicklingError), missing fields or not a dict.
-UNREADABLE_CACHE_ERRORS = (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError, TypeError)
+# A bad entry: what a damaged file raises (simsiam_eval.errors), or TypeError for one that is not a dict.
+UNREADABLE_CACHE_ERRORS = (*UNREADABLE_FILE_ERRORS, TypeError)
 
 
 @dataclass
@@ -56,17 +54,6 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "simsiam-eval" / "features"
 
 
-def pool5(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Global-average-pooled features of the last ResNet stage, whatever ``model.fc`` holds.
-
-    For a torchvision ResNet (also the CIFAR variant and the SimSiam encoder, whose ``fc`` is the
-    projector) this runs the network up to ``avgpool``; any other module is called as is.
-    """
-    if isinstance(model, ResNet):
-        x = model.maxpool(model.relu(model.bn1(model.conv1(images))))
-        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
-        return torch.flatten(model.avgpool(x), 1)
-    return model(images)
 
 
 class SeededViews(Dataset):

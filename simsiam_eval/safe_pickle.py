@@ -1,7 +1,6 @@
 """A restricted unpickler: plain containers and numpy arrays only; anything else is refused, never run."""
 from __future__ import annotations
 
-import io
 import pickle
 from typing import Any, BinaryIO
 
@@ -30,7 +29,3 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def safe_load(file: BinaryIO, encoding: str = "latin1") -> Any:
     """Unpickle data made of dicts, lists, tuples, numbers, strings and numpy arrays."""
     return _RestrictedUnpickler(file, encoding=encoding).load()
-
-
-def safe_loads(data: bytes, encoding: str = "latin1") -> Any:
-    return safe_load(io.BytesIO(data), encoding=encoding)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torchvision import models
 
-from pretrain.backbones import build_resnet
 from pretrain.model import SimSiam
 from simsiam_eval.checkpoints import build_backbone, infer_spec, read_checkpoint
 from simsiam_eval.errors import UserError
+from simsiam_eval.models import build_resnet
 
 
 def backbone_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:

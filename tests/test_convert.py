@@ -22,6 +22,7 @@ from simsiam_eval.checkpoints.writers import target_from_suffix
 from simsiam_eval.cli import main
 from simsiam_eval.errors import UserError
 from simsiam_eval.safe_pickle import safe_load
+from transfer.verify import LIBRARY_CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 PIXEL_MEAN, PIXEL_STD = [123.675, 116.280, 103.530], [58.395, 57.120, 57.375]
@@ -63,7 +64,7 @@ def assert_identical(state: dict, reference: dict) -> None:
 
 def test_torchvision_detectron2_torchvision_round_trip_is_exact(r50, tmp_path):
     source, state = r50
-    convert_checkpoint(source, tmp_path / "r50.pkl")
+    convert_checkpoint(source, tmp_path / "r50.pkl", library_checks=LIBRARY_CHECKS)
     with open(tmp_path / "r50.pkl", "rb") as f:
         data = safe_load(f)
     assert data["__author__"] and data["matching_heuristics"] is True
@@ -139,7 +140,7 @@ def test_cifar_stem_converts_to_detectron2_for_basic_blocks_only_and_to_safetens
     again = read_checkpoint(tmp_path / "c.pkl")
     assert (again.arch, again.stem, again.width) == ("resnet18", "cifar", 32)
     with pytest.raises(UserError, match="resnet50 with the CIFAR 3x3 stem has no Detectron2 backbone"):
-        convert_checkpoint("random:resnet50:cifar:16", tmp_path / "c50.pkl")
+        convert_checkpoint("random:resnet50:cifar:16", tmp_path / "c50.pkl", library_checks=LIBRARY_CHECKS)
     assert not (tmp_path / "c50.pkl").exists()
     report = convert_checkpoint(ckpt, tmp_path / "c.safetensors")
     assert (report.source.stem, report.source.width) == ("cifar", 32)
@@ -212,7 +213,7 @@ def test_garbage_in_gives_one_line_errors(r50, tmp_path, case):
     else:
         bad.write_text("not a checkpoint at all\n")
     with pytest.raises(UserError) as err:
-        convert_checkpoint(bad, tmp_path / "out.pkl")
+        convert_checkpoint(bad, tmp_path / "out.pkl", library_checks=LIBRARY_CHECKS)
     assert "bad.pth" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out.pkl").exists()
     code = main(["convert", str(bad), str(tmp_path / "out.pkl")])
@@ -285,7 +286,7 @@ def test_detectron2_r50_c4_loads_every_backbone_tensor_and_matches_torchvision(r
     from detectron2.modeling import build_model
 
     source, state = r50
-    convert_checkpoint(source, tmp_path / "r50.pkl")
+    convert_checkpoint(source, tmp_path / "r50.pkl", library_checks=LIBRARY_CHECKS)
     cfg = get_cfg()
     config_file = ROOT / "configs/detectron2/Base-RCNN-C4-BN-torchvision.yaml"
     if config_file.exists():  # our transfer config (its head is registered by transfer.roi_heads)
@@ -345,10 +346,16 @@ def test_detectron2_r50_c4_loads_every_backbone_tensor_and_matches_torchvision(r
 @pytest.mark.detectron2
 def test_detectron2_numerical_check_runs_in_the_conversion(r50, tmp_path):
     pytest.importorskip("detectron2", reason="detectron2 not installed (see ../shared/DETECTRON2.md)")
-    report = convert_checkpoint(r50[0], tmp_path / "r50.pkl")
+    report = convert_checkpoint(r50[0], tmp_path / "r50.pkl", library_checks=LIBRARY_CHECKS)
     check = report.checks[-1]
     assert check.name.startswith("detectron2") and check.passed, check.detail
     assert f"{len(r50[1])} tensors matched" in check.detail
+
+
+def test_library_checks_come_from_the_caller(tmp_path):
+    """checkpoints/ knows no Detectron2: without transfer.verify.LIBRARY_CHECKS a .pkl gets torchvision's check."""
+    report = convert_checkpoint("random:resnet18", tmp_path / "r18.pkl")
+    assert report.checks[-1].name == "torchvision pooled features" and report.checks[-1].passed
 
 
 # ------------------------------------------------------------------ "verified" means a numerical check ran
@@ -364,7 +371,7 @@ def hide_module(monkeypatch, name: str) -> None:
 def test_without_the_target_library_a_torchvision_forward_check_runs(monkeypatch, tmp_path, target, library,
                                                                      output):
     hide_module(monkeypatch, library)
-    report = convert_checkpoint("random:resnet18", tmp_path / output, target)
+    report = convert_checkpoint("random:resnet18", tmp_path / output, target, library_checks=LIBRARY_CHECKS)
     numerical = report.checks[-1]
     assert numerical.passed is True, numerical            # it ran and passed: never "skipped"
     assert numerical.name == f"torchvision pooled features ({library} not installed)"
@@ -410,7 +417,7 @@ def test_moco_v2_checkpoint_converts_to_mocos_pkl_without_its_fc(tmp_path):
 
     make_moco(tmp_path / "moco_v2.pth.tar")
     theirs = moco_converter(torch.load(tmp_path / "moco_v2.pth.tar", weights_only=True)["state_dict"])
-    convert_checkpoint(tmp_path / "moco_v2.pth.tar", tmp_path / "ours.pkl")
+    convert_checkpoint(tmp_path / "moco_v2.pth.tar", tmp_path / "ours.pkl", library_checks=LIBRARY_CHECKS)
     with open(tmp_path / "ours.pkl", "rb") as f:
         ours = safe_load(f)
     head = {k for k in theirs if k.startswith("stem.fc.")}

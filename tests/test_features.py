@@ -10,13 +10,13 @@ import torch.multiprocessing as mp
 from torch.utils.data import Subset
 
 import simsiam_eval.features as features_module
-from pretrain.backbones import Pool5
 from pretrain.model import SimSiam
 from simsiam_eval.checkpoints import build_backbone, read_checkpoint
 from simsiam_eval.data.specs import open_dataset
 from simsiam_eval.data.transforms import eval_transform, linear_train_transform
 from simsiam_eval.features import FeatureCache, dataset_features, extract_features
 from simsiam_eval.knn.monitor import run_knn_monitor
+from simsiam_eval.models import Pool5
 
 CPU = torch.device("cpu")
 

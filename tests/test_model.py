@@ -2,8 +2,8 @@ import torch
 import torch.nn as nn
 from torchvision import models
 
-from pretrain.backbones import Pool5, build_resnet
 from pretrain.model import SimSiam
+from simsiam_eval.models import Pool5, build_resnet
 
 
 def reference_keys(arch: str, dim: int = 2048, pred_dim: int = 512) -> dict[str, tuple]:

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.backbones import build_resnet
 from simsiam_eval.checkpoints.convert import convert_checkpoint
 from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision
 from simsiam_eval.errors import UserError
+from simsiam_eval.models import build_resnet
 from transfer.configs import config_dir
+from transfer.verify import LIBRARY_CHECKS
 
 pytestmark = pytest.mark.detectron2
 
@@ -44,7 +45,7 @@ def r18_cifar(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     folder = tmp_path_factory.mktemp("r18")
     state = cifar_resnet18()
     torch.save(state, folder / "r18_cifar16.pth")
-    convert_checkpoint(folder / "r18_cifar16.pth", folder / "r18_cifar16.pkl")
+    convert_checkpoint(folder / "r18_cifar16.pth", folder / "r18_cifar16.pkl", library_checks=LIBRARY_CHECKS)
     return folder / "r18_cifar16.pth", state
 
 

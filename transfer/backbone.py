@@ -4,7 +4,7 @@ width and a selectable stem, for small checkpoints such as the demo's CIFAR-stem
 Config (Detectron2's cfg; ``add_stem_config`` adds the one new key):
 
 - ``MODEL.RESNETS.STEM_TYPE``: ``imagenet`` (Detectron2's BasicStem: 7x7/2 conv + 3x3/2 max-pool) or
-  ``cifar`` (3x3 stride-1 conv, no max-pool: the CIFAR variant of ``pretrain/backbones.py``).
+  ``cifar`` (3x3 stride-1 conv, no max-pool: the CIFAR variant of ``simsiam_eval/models.py``).
 - ``MODEL.RESNETS.DEPTH`` 18 or 34; ``STEM_OUT_CHANNELS`` and ``RES2_OUT_CHANNELS`` the base width
   (res3-res5 double it stage by stage), both 64 for torchvision's ResNets.
 

@@ -34,6 +34,7 @@ from transfer.trials import (
     plan_trials,
     run_trials,
 )
+from transfer.verify import LIBRARY_CHECKS
 from transfer.weights import check_weights
 
 RUN_CONFIG = "run_config.yaml"
@@ -90,7 +91,8 @@ def convert_weights(options: Config, ckpt, output_dir: Path) -> Path:
     if weights.is_file():
         print(f"weights: {weights} (converted earlier)")
     else:
-        report = convert_checkpoint(options.checkpoint, weights, "detectron2", options.format)
+        report = convert_checkpoint(options.checkpoint, weights, "detectron2", options.format,
+                                    library_checks=LIBRARY_CHECKS)
         print(f"weights: {options.checkpoint} ({report.source.source_format}, {report.source.arch}) -> {weights}")
         print(report.table())
     return weights
@@ -142,7 +144,7 @@ def resolve_config(options: Config, config_file: Path):
 
     try:
         cfg = build_config(str(config_file), options.opts)
-    except (KeyError, ValueError, AssertionError) as exc:  # yacs: unknown key, wrong type
+    except (KeyError, ValueError) as exc:  # yacs: unknown key, wrong type (build_config checks override keys)
         raise UserError(f"config {config_file} with overrides {' '.join(options.opts) or '(none)'}: "
                         f"{str(exc).strip(chr(39))}") from None
     devices = device_count(options.num_gpus)

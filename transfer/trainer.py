@@ -77,10 +77,24 @@ def build_config(config_file: str, opts: list[str]):
     cfg = get_cfg()
     add_stem_config(cfg)
     cfg.merge_from_file(config_file)
+    check_override_keys(cfg, opts)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def check_override_keys(cfg, opts: list[str]) -> None:
+    """A KeyError for the first override key the config lacks (yacs' merge_from_list would assert, and an
+    AssertionError is no way to tell a user's typo from a bug); deprecated and renamed keys are yacs' own."""
+    for full_key in opts[::2]:
+        if cfg.key_is_deprecated(full_key) or cfg.key_is_renamed(full_key):
+            continue
+        node = cfg
+        for subkey in full_key.split("."):
+            if not isinstance(node, dict) or subkey not in node:
+                raise KeyError(f"Non-existent key: {full_key}")
+            node = node[subkey]
 
 
 def weight_shapes(path: str) -> dict[str, tuple[int, ...]]:

@@ -1,7 +1,7 @@
 """The canonical form of a checkpoint: a torchvision ResNet backbone state dict (no ``fc``) plus metadata.
 
 The architecture is inferred from the tensors themselves (block type and count per stage, grouped /
-wide bottlenecks, stem kernel and width), so the CIFAR variant of ``pretrain/backbones.py`` loads too.
+wide bottlenecks, stem kernel and width), so the CIFAR variant of ``simsiam_eval/models.py`` loads too.
 """
 from __future__ import annotations
 
@@ -13,32 +13,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torchvision import models
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import ResNet
 
-from pretrain.backbones import CifarResNet
 from simsiam_eval.errors import UserError
+from simsiam_eval.models import RESNET_LAYOUTS, resnet
 
 BACKBONE_KEY = re.compile(r"^(conv1\.|bn1\.|layer[1-4]\.)")
 STAGE_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
-# torchvision ResNets by (block, blocks per stage, groups, width per group)
-_TORCHVISION_ARCHS = {
-    ("basic", (2, 2, 2, 2), 1, 64): "resnet18",
-    ("basic", (3, 4, 6, 3), 1, 64): "resnet34",
-    ("bottleneck", (3, 4, 6, 3), 1, 64): "resnet50",
-    ("bottleneck", (3, 4, 23, 3), 1, 64): "resnet101",
-    ("bottleneck", (3, 8, 36, 3), 1, 64): "resnet152",
-    ("bottleneck", (3, 4, 6, 3), 1, 128): "wide_resnet50_2",
-    ("bottleneck", (3, 4, 23, 3), 1, 128): "wide_resnet101_2",
-    ("bottleneck", (3, 4, 6, 3), 32, 4): "resnext50_32x4d",
-    ("bottleneck", (3, 4, 23, 3), 32, 8): "resnext101_32x8d",
-    ("bottleneck", (3, 4, 23, 3), 64, 4): "resnext101_64x4d",
-}
-ARCH_NAMES = tuple(_TORCHVISION_ARCHS.values())
-# conv1 padding of the 3x3 stride-1 stems: ours (and most CIFAR ResNets), and solo-learn's (solo/methods/base.py)
-CIFAR_STEM_PADDING = {"cifar": 1, "cifar-pad2": 2}
-_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+ARCH_NAMES = tuple(RESNET_LAYOUTS)
+_ARCH_BY_LAYOUT = {layout: arch for arch, layout in RESNET_LAYOUTS.items()}
 
 
 @dataclass
@@ -113,7 +97,7 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint"
         groups = int(conv2.shape[0] // conv2.shape[1])
         width_per_group = int(conv2.shape[0] // groups) * 64 // width
     key = (block, tuple(blocks), groups, width_per_group)
-    arch = _TORCHVISION_ARCHS.get(key)
+    arch = _ARCH_BY_LAYOUT.get(key)
     if arch is None or (stem == "cifar" and (groups, width_per_group) != (1, 64)):
         raise UserError(f"{where}: ResNet layout not supported ({block} blocks {blocks}, groups {groups}, "
                         f"width per group {width_per_group}, {stem} stem); supported: {', '.join(ARCH_NAMES)}")
@@ -122,23 +106,10 @@ def infer_spec(state_dict: Mapping[str, torch.Tensor], where: str = "checkpoint"
     return ResNetSpec(arch, stem, width)
 
 
-def arch_layout(arch: str) -> tuple[str, tuple[int, ...], int, int]:
-    """(block type, blocks per stage, groups, width per group) of a torchvision ResNet name."""
-    return next(k for k, v in _TORCHVISION_ARCHS.items() if v == arch)
-
-
-def build_resnet_module(spec: ResNetSpec) -> ResNet:
-    """The torchvision ResNet (or CIFAR variant) for ``spec``, with its ``fc`` still in place."""
-    if spec.stem == "imagenet":
-        return models.__dict__[spec.arch]()
-    block, blocks, _, _ = arch_layout(spec.arch)
-    return CifarResNet(_BLOCKS[block], list(blocks), width=spec.width, padding=CIFAR_STEM_PADDING[spec.stem])
-
-
 def expected_shapes(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
     """Backbone key -> shape of the module for ``spec`` (built on the meta device: no memory, no init cost)."""
     with torch.device("meta"):
-        module = build_resnet_module(spec)
+        module = resnet(spec.arch, spec.stem, spec.width)
     return {k: tuple(v.shape) for k, v in module.state_dict().items() if BACKBONE_KEY.match(k)}
 
 
@@ -169,7 +140,7 @@ def build_backbone(ckpt: CanonicalCheckpoint, device: str | torch.device = "cpu"
     random initialisation is spent), in float32, so training it leaves ``ckpt.state_dict`` untouched.
     """
     with torch.device("meta"):
-        module = build_resnet_module(ResNetSpec(ckpt.arch, ckpt.stem, ckpt.width))
+        module = resnet(ckpt.arch, ckpt.stem, ckpt.width)
     module.fc = nn.Identity()
     state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
              for k, v in ckpt.state_dict.items()}
@@ -199,7 +170,7 @@ def random_checkpoint(spec_text: str) -> CanonicalCheckpoint:
         raise UserError(f"bad random spec '{spec_text}': the cifar stem supports plain ResNets (resnet18..152) only")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        module = build_resnet_module(spec)
+        module = resnet(spec.arch, spec.stem, spec.width)
     state = {k: v for k, v in module.state_dict().items() if BACKBONE_KEY.match(k)}
     canonical = f"random:{arch}:{stem}:{width}"
     return CanonicalCheckpoint(state, arch, stem, width, source_format="random", path=canonical,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from simsiam_eval.errors import UserError, one_line
+from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError, one_line
 from simsiam_eval.safe_pickle import RefusedPickle, safe_load
 
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a pre-1.6 (non-zip) torch.save file
@@ -74,7 +74,7 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
-    except Exception as exc:  # torch raises RuntimeError/EOFError/... for damaged files
+    except UNREADABLE_FILE_ERRORS as exc:
         raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
     return _torch_load_with_placeholders(path)
 
@@ -84,7 +84,7 @@ def _torch_load_with_placeholders(path: Path) -> Any:
     checkpoints, OmegaConf configs in Lightning's) mapped to an inert :class:`Placeholder`."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as exc:
+    except UNREADABLE_FILE_ERRORS as exc:
         raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and containers "
                         f"({one_line(exc)})") from None
     hostile = sorted(n for n in names if n.rpartition(".")[0] in _HOSTILE_MODULES or n.split(".")[0] in _HOSTILE_MODULES)
@@ -94,7 +94,7 @@ def _torch_load_with_placeholders(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(stubs):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except UNREADABLE_FILE_ERRORS as exc:
         raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
 
 
@@ -104,7 +104,7 @@ def _pickle_load(path: Path) -> Any:
             return safe_load(f)
     except RefusedPickle as exc:
         raise UserError(f"{path}: refused to load a pickle that carries code: {exc}") from None
-    except Exception as exc:  # truncated or damaged pickles raise many types
+    except UNREADABLE_FILE_ERRORS as exc:
         raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
 
 

@@ -1,19 +1,20 @@
 """Verification after a conversion: counts of backbone tensors found / written / missing / dropped, a
-bit-exact re-read of the output, and a numerical check: in the target library (Detectron2, timm) when it
-is importable, else a torchvision forward pass of the weights read back, so that one always runs."""
+bit-exact re-read of the output, and a numerical check: in the target library when it is importable, else a
+torchvision forward pass of the weights read back, so that one always runs.
+
+The timm check is here; checks in other libraries come from the caller (``library_checks``), e.g.
+``transfer.verify.LIBRARY_CHECKS`` for Detectron2, so that this package imports neither."""
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
-from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint, arch_layout, build_backbone
+from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint, build_backbone
 from simsiam_eval.checkpoints.read import read_checkpoint
-from simsiam_eval.checkpoints.renaming import detectron2_to_torchvision
 from simsiam_eval.checkpoints.writers import TARGET_READERS, detectron2_metadata
 from simsiam_eval.errors import UserError
 
@@ -25,6 +26,10 @@ class Check:
     name: str
     passed: bool | None  # None: skipped
     detail: str
+
+
+# (file read back, its path, probe input, reference outputs by stage) -> the check's result
+NumericalCheck = Callable[[CanonicalCheckpoint, str | os.PathLike, torch.Tensor, dict[str, torch.Tensor]], Check]
 
 
 @dataclass
@@ -62,8 +67,12 @@ class Verification:
 
 
 def verify_conversion(source: CanonicalCheckpoint, output: str | os.PathLike, target: str,
-                      written: list[str], numerical: bool = True) -> Verification:
-    """Check the written file against the source; a UserError if any backbone tensor is missing or differs."""
+                      written: list[str], numerical: bool = True,
+                      library_checks: Mapping[str, NumericalCheck] | None = None) -> Verification:
+    """Check the written file against the source; a UserError if any backbone tensor is missing or differs.
+
+    ``library_checks``: numerical checks by target beyond timm's (a target without one gets torchvision's).
+    """
     if len(written) != len(source.state_dict):
         raise UserError(f"{output}: wrote {len(written)} backbone tensors, expected {len(source.state_dict)}")
     with single_thread():
@@ -76,8 +85,9 @@ def verify_conversion(source: CanonicalCheckpoint, output: str | os.PathLike, ta
         if target == "detectron2":
             report.checks.append(metadata_check(again))
         if numerical:
-            x = probe_input(source)
-            report.numerical = numerical_check(target, again, output, x, torchvision_stage_outputs(source, x))
+            x = probe_input()
+            report.numerical = numerical_check(target, again, output, x, torchvision_stage_outputs(source, x),
+                                               library_checks)
             report.checks.append(report.numerical)
     failed = [c for c in report.checks if c.passed is False]
     if failed:
@@ -121,7 +131,7 @@ def metadata_check(again: CanonicalCheckpoint) -> Check:
     return Check("Detectron2 metadata", True, f"{again.arch}, {again.stem} stem, width {again.width}")
 
 
-def probe_input(ckpt: CanonicalCheckpoint, batch: int = 2) -> torch.Tensor:
+def probe_input(batch: int = 2) -> torch.Tensor:
     """A fixed random normalised image batch (32x32: res5 is 1x1 for the ImageNet stem, 4x4 for CIFAR's)."""
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -139,7 +149,8 @@ def torchvision_stage_outputs(ckpt: CanonicalCheckpoint, x: torch.Tensor) -> dic
     return outputs
 
 
-def _compare(name: str, got: torch.Tensor, want: torch.Tensor) -> Check:
+def compare_outputs(name: str, got: torch.Tensor, want: torch.Tensor) -> Check:
+    """Passed when shapes agree and the largest absolute difference is within TOLERANCE."""
     if got.shape != want.shape:
         return Check(name, False, f"shape {tuple(got.shape)} != {tuple(want.shape)}")
     diff = (got - want).abs().max().item()
@@ -150,7 +161,7 @@ def torchvision_check(again: CanonicalCheckpoint, output, x, reference) -> Check
     """The output loaded into a torchvision ResNet gives the source's pooled features."""
     with torch.no_grad():
         got = build_backbone(again)(x)
-    return _compare("torchvision pooled features", got, reference["pooled"])
+    return compare_outputs("torchvision pooled features", got, reference["pooled"])
 
 
 def timm_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
@@ -164,69 +175,18 @@ def timm_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
     model.load_state_dict(again.state_dict, strict=True, assign=True)
     with torch.no_grad():
         got = model.eval()(x)
-    return _compare("timm pooled features", got, reference["pooled"])
+    return compare_outputs("timm pooled features", got, reference["pooled"])
 
 
-def detectron2_resnet_config(arch: str, out_features=("res4",), stem: str = "imagenet", width: int = 64):
-    """A Detectron2 config whose ResNet matches torchvision's ``arch`` (STRIDE_IN_1X1 False, BN, nothing frozen);
-    the CIFAR stem (BasicBlock ResNets of any width) is ``transfer.backbone``'s."""
-    from detectron2.config import get_cfg
-
-    block, blocks, groups, width_per_group = arch_layout(arch)
-    cfg = get_cfg()
-    cfg.MODEL.RESNETS.DEPTH = sum(blocks) * (3 if block == "bottleneck" else 2) + 2
-    cfg.MODEL.RESNETS.NUM_GROUPS = groups
-    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = width_per_group
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 256 if block == "bottleneck" else 64
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = list(out_features)
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.DEVICE = "cpu"
-    if stem != "imagenet":  # importing transfer.backbone registers build_basic_resnet_backbone
-        from transfer.backbone import add_stem_config
-
-        add_stem_config(cfg)
-        cfg.MODEL.BACKBONE.NAME = "build_basic_resnet_backbone"
-        cfg.MODEL.RESNETS.STEM_TYPE = stem
-        cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = width
-    return cfg
+NUMERICAL_CHECKS: dict[str, NumericalCheck] = {"timm": timm_check}
 
 
-def detectron2_check(again: CanonicalCheckpoint, output, x, reference) -> Check:
-    """The .pkl loaded by DetectionCheckpointer into Detectron2's ResNet: every tensor matched, res4/res5 equal."""
-    name = "detectron2 res4/res5 outputs"
-    try:
-        with warnings.catch_warnings():  # detectron2's import warns about torch.jit.script
-            warnings.simplefilter("ignore", FutureWarning)
-            from detectron2.checkpoint import DetectionCheckpointer
-            from detectron2.layers import ShapeSpec
-            from detectron2.modeling import build_backbone
-    except ImportError:
-        return Check(name, None, "detectron2 not installed")
-    cfg = detectron2_resnet_config(again.arch, ("res4", "res5"), again.stem, again.width)
-    with torch.device("meta"):  # no random init: every tensor is loaded from the file (checked below)
-        backbone = build_backbone(cfg, ShapeSpec(channels=3))
-    backbone.to_empty(device="cpu")
-    DetectionCheckpointer(backbone).load(str(output))
-    unmatched = [k for k, v in backbone.state_dict().items()
-                 if not torch.equal(v, again.state_dict[detectron2_to_torchvision(k)].to(v.dtype))]
-    if unmatched:
-        return Check(name, False, f"{len(unmatched)} Detectron2 tensors not loaded from the file ({', '.join(unmatched[:4])})")
-    with torch.no_grad():
-        got = backbone.eval()(x)
-    checks = [_compare(name, got[stage], reference[stage]) for stage in ("res4", "res5")]
-    worst = next((c for c in checks if not c.passed), checks[0])
-    return Check(name, worst.passed, f"{len(backbone.state_dict())} tensors matched; " + worst.detail)
-
-
-NUMERICAL_CHECKS = {"detectron2": detectron2_check, "timm": timm_check}
-
-
-def numerical_check(target: str, again: CanonicalCheckpoint, output, x, reference) -> Check:
+def numerical_check(target: str, again: CanonicalCheckpoint, output, x, reference,
+                    library_checks: Mapping[str, NumericalCheck] | None = None) -> Check:
     """The target library's forward check; when that library is not importable, the torchvision one on the
     same tensors, named so (e.g. "torchvision pooled features (detectron2 not installed)")."""
-    check = NUMERICAL_CHECKS.get(target, torchvision_check)(again, output, x, reference)
+    checks = {**NUMERICAL_CHECKS, **(library_checks or {})}
+    check = checks.get(target, torchvision_check)(again, output, x, reference)
     if check.passed is None:
         fallback = torchvision_check(again, output, x, reference)
         return Check(f"{fallback.name} ({check.detail})", fallback.passed, fallback.detail)

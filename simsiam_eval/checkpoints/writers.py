@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from simsiam_eval.atomic import atomic_path
-from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint, arch_layout
+from simsiam_eval.checkpoints.canonical import CanonicalCheckpoint
 from simsiam_eval.checkpoints.renaming import torchvision_to_detectron2
 from simsiam_eval.errors import UserError
+from simsiam_eval.models import RESNET_LAYOUTS
 
 TARGETS = ("detectron2", "torchvision", "timm", "safetensors")
 AUTHOR = "simsiam-eval"
@@ -57,7 +58,7 @@ class PortablePickler(pickle.Pickler):
 def write_detectron2(ckpt: CanonicalCheckpoint, path: str | os.PathLike) -> list[str]:
     """A pickle ``{'model': {name: ndarray}, '__author__', 'matching_heuristics': True, 'arch', 'stem', 'width'}``
     (pickle, not torch.save). The CIFAR stem is for BasicBlock ResNets (Detectron2 side: ``transfer.backbone``)."""
-    if ckpt.stem != "imagenet" and arch_layout(ckpt.arch)[0] != "basic":
+    if ckpt.stem != "imagenet" and RESNET_LAYOUTS[ckpt.arch][0] != "basic":
         raise UserError(f"{ckpt.path}: a {ckpt.arch} with the CIFAR 3x3 stem has no Detectron2 backbone "
                         f"(the CIFAR stem converts for resnet18/34 only)")
     model = detectron2_model(ckpt)

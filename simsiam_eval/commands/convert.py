@@ -37,9 +37,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from simsiam_eval.checkpoints.convert import convert_checkpoint
+    from transfer.verify import LIBRARY_CHECKS
 
     report = convert_checkpoint(args.input, args.output, args.target, args.source_format, args.arch,
-                                numerical=args.numerical)
+                                numerical=args.numerical, library_checks=LIBRARY_CHECKS)
     print(f"{args.input} ({report.source.source_format}, {report.source.arch}) -> {args.output} ({report.target})")
     print(report.table())
     return 0

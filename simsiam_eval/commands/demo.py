@@ -148,10 +148,11 @@ def convert_step(out: Path, checkpoint: Path) -> tuple[Path | None, str]:
     Detectron2 form or fails its verification."""
     from simsiam_eval.checkpoints.convert import convert_checkpoint
     from simsiam_eval.errors import UserError
+    from transfer.verify import LIBRARY_CHECKS
 
     target = out / "detectron2" / "backbone.pkl"
     try:
-        report = convert_checkpoint(checkpoint, target, "detectron2")
+        report = convert_checkpoint(checkpoint, target, "detectron2", library_checks=LIBRARY_CHECKS)
     except UserError as exc:
         print(f"not converted: {exc}")
         return None, str(exc)

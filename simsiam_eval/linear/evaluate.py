@@ -23,9 +23,10 @@ from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.transforms import linear_train_transform, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
-from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone, pool5
+from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone
 from simsiam_eval.linear.defaults import DEFAULT_BASE_LR, DEFAULT_BATCH_SIZE, MODES, OPTIMIZERS
 from simsiam_eval.linear.trainer import LinearTrainer, build_classifier, build_optimizer, record_metrics
+from simsiam_eval.models import pool5
 from simsiam_eval.precision import precision_name, uses_amp
 from simsiam_eval.results.records import build_record
 

@@ -6,7 +6,7 @@ records. Conventions the tables rely on:
 
 - ``protocol``: ``knn``, ``linear``, ``transfer`` (one trial) or ``transfer-aggregate``.
 - ``metrics``: flat ``{name: float}``, accuracies in percent: ``top1``, ``top5`` (kNN may add
-  ``top1@k20`` etc.); linear probes: ``top1``/``top5`` of the best epoch (main_lincls' ``best_acc1``),
+  ``top1_k20`` etc.); linear probes: ``top1``/``top5`` of the best epoch (main_lincls' ``best_acc1``),
   ``best_epoch``, ``last_top1``/``last_top5`` of the last epoch; detection ``AP``, ``AP50``, ``AP75`` for boxes and ``mask_AP``, ``mask_AP50``,
   ``mask_AP75`` for masks.
 - ``data.name``: a short dataset name for tables (``shapes``, ``cifar10``, ``voc07``, ``voc0712``,

@@ -16,6 +16,7 @@ import torch
 
 from pretrain.model import SimSiam
 from simsiam_eval.checkpoints.convert import convert_checkpoint
+from transfer.verify import LIBRARY_CHECKS
 
 TARGET_SECONDS = 5.0
 OUTPUTS = {"detectron2": "r50.pkl", "torchvision": "r50.pth", "timm": "r50_timm.pth", "safetensors": "r50.safetensors"}
@@ -38,7 +39,7 @@ def main() -> int:
             times, report = [], None
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                report = convert_checkpoint(source, Path(tmp) / name, target)
+                report = convert_checkpoint(source, Path(tmp) / name, target, library_checks=LIBRARY_CHECKS)
                 times.append(time.perf_counter() - start)
             seconds = min(times)
             slow |= seconds >= TARGET_SECONDS

@@ -42,7 +42,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler
 
 from simsiam_eval.checkpoints import build_backbone, read_checkpoint
-from simsiam_eval.checkpoints.canonical import ResNetSpec, build_resnet_module
 from simsiam_eval.config import load_config
 from simsiam_eval.data.specs import open_dataset
 from simsiam_eval.data.transforms import eval_transform, linear_train_transform
@@ -50,6 +49,7 @@ from simsiam_eval.distributed import DistInfo
 import simsiam_eval.linear.evaluate as linear_evaluate
 from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
 from simsiam_eval.linear.trainer import LinearTrainer, cosine_lr
+from simsiam_eval.models import resnet
 
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 WEIGHT_TOLERANCE = 1e-6
@@ -268,7 +268,7 @@ def run_official(main_lincls, arch: str, data_root: Path, num_classes: int, chec
 def compare_surgery(report: ParityReport, checkpoint: Path, official: dict) -> None:
     """Which tensors each side takes from the checkpoint, what stays missing, and their values."""
     ckpt = read_checkpoint(checkpoint)
-    ours_module_keys = set(build_resnet_module(ResNetSpec(ckpt.arch, ckpt.stem, ckpt.width)).state_dict())
+    ours_module_keys = set(resnet(ckpt.arch, ckpt.stem, ckpt.width).state_dict())
     source = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     official_dropped = sorted(set(source) - {f"module.encoder.{k}" for k in official["loaded_keys"]})
     report.add_equal("surgery: tensors loaded", sorted(ckpt.state_dict), official["loaded_keys"],
