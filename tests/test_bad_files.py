@@ -73,3 +73,17 @@ def test_transfer_config_overrides(monkeypatch):
     monkeypatch.setattr(transfer.trainer, "add_stem_config", asserting)
     with pytest.raises(AssertionError, match="an assertion of our code"):
         resolve_config(load_config(None, TRANSFER_DEFAULTS, ["task=voc07"]), config)
+
+
+def test_linear_probe_state(tmp_path, monkeypatch):
+    from simsiam_eval.linear import trainer
+
+    fc = torch.nn.Linear(4, 2)
+    probe = trainer.LinearTrainer(fc, torch.optim.SGD(fc.parameters(), lr=0.1), 0.1, 2, tmp_path, {"a": 1})
+    truncated_torch_file(tmp_path / trainer.LinearTrainer.STATE_NAME)
+    with pytest.raises(UserError, match=r"linear_state\.pth: unreadable linear-probe state \(\w+\)") as excinfo:
+        probe.resume()
+    assert "\n" not in str(excinfo.value)
+    monkeypatch.setattr(trainer.torch, "load", bug)
+    with pytest.raises(TypeError, match="a bug in our code"):
+        probe.resume()

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save
 from simsiam_eval.distributed import all_reduce_sum
-from simsiam_eval.errors import UserError
+from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError
 from simsiam_eval.linear.defaults import OPTIMIZERS
 from simsiam_eval.linear.lars import LARS
 from simsiam_eval.metrics_log import MetricsLog
@@ -130,7 +130,7 @@ class LinearTrainer:
             return 0
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
+        except UNREADABLE_FILE_ERRORS as exc:
             raise UserError(f"{path}: unreadable linear-probe state ({type(exc).__name__}); delete it or "
                             "pass resume=false") from None
         if state.get("identity") != self.identity:
