@@ -1,10 +1,14 @@
-"""The installed package's metadata: FAISS extras that cannot leave the CPU build shadowing the GPU one."""
+"""The installed package's metadata (FAISS extras that cannot leave the CPU build shadowing the GPU
+one) and CI running the README's install and test commands."""
+import re
 from importlib.metadata import metadata, requires
+from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 DISTRIBUTION = "simsiam-eval"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pulled(extra: str) -> set[str]:
@@ -31,3 +35,11 @@ def test_gpu_extra_pulls_a_gpu_build_and_not_the_cpu_one():
     assert builds and all(name.startswith("faiss-gpu") for name in builds)
     assert faiss_builds(pulled("cpu")) == {"faiss-cpu"}
     assert {"faiss-cpu", "timm"} <= pulled("test")
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    install = re.search(r"^(pip install torch==\S+ torchvision==\S+ -e \S+)", readme, re.MULTILINE).group(1)
+    assert install in ci
+    assert "python -m pytest -q -rs" in readme and "python -m pytest -q -rs" in ci

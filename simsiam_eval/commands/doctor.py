@@ -10,8 +10,11 @@ from typing import Callable
 
 from transfer.preflight import INSTALL_DETECTRON2
 
-INSTALL_FAISS_CPU = "pip install faiss-cpu  (the extra simsiam-eval[cpu]; for GPUs: faiss-gpu-cu12, README)"
-INSTALL_TIMM = "pip install timm  (the extra simsiam-eval[timm])"
+INSTALL = {
+    "faiss": "pip install faiss-cpu  (or, for GPUs, faiss-gpu-cu12: the extras simsiam-eval[cpu] / [gpu])",
+    "detectron2": INSTALL_DETECTRON2,
+    "timm": "pip install timm  (the extra simsiam-eval[timm])",
+}
 
 
 @dataclass(frozen=True)
@@ -92,24 +95,22 @@ CORE = ("torch", "torchvision")
 
 @dataclass(frozen=True)
 class Need:
-    """A library a command uses beyond the core; ``without`` says what still works when it is absent
+    """A library a command uses beyond the core; ``without`` says what changes when it is absent
     (empty: the command cannot run)."""
 
     library: str
-    install: str
     without: str = ""
 
 
 NEEDS: dict[str, tuple[Need, ...]] = {
     "pretrain": (),
-    "knn": (Need("faiss", INSTALL_FAISS_CPU, "exact torch search instead of FAISS"),),
+    "knn": (Need("faiss", "exact torch search"),),
     "linear": (),
-    "transfer": (Need("detectron2", INSTALL_DETECTRON2),),
-    "convert": (Need("detectron2", INSTALL_DETECTRON2, "no check in Detectron2's ResNet"),
-                Need("timm", INSTALL_TIMM, "no check in timm's ResNet")),
+    "transfer": (Need("detectron2"),),
+    "convert": (Need("detectron2", "no check in Detectron2's ResNet"), Need("timm", "no check in timm's ResNet")),
     "table": (),
     "plot": (),
-    "demo": (Need("detectron2", INSTALL_DETECTRON2, "skips the detection fine-tune"),),
+    "demo": (Need("detectron2", "no detection fine-tune"),),
 }
 
 
@@ -119,10 +120,10 @@ def command_status(command: str, found: dict[str, Probe]) -> tuple[bool, str]:
     if broken:
         return False, f"cannot run: {', '.join(broken)} does not import; reinstall torch and torchvision"
     missing = [need for need in NEEDS[command] if found[need.library].version is None]
-    blocking = [f"needs {need.library}: {need.install}" for need in missing if not need.without]
+    blocking = [need.library for need in missing if not need.without]
     if blocking:
-        return False, "cannot run, " + "; ".join(blocking)
-    return True, "ok" + "".join(f" ({need.without}; {need.install})" for need in missing)
+        return False, f"cannot run: needs {', '.join(blocking)}"
+    return True, "ok" + "".join(f"; without {need.library}: {need.without}" for need in missing)
 
 
 def devices() -> dict[str, str]:
@@ -187,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
         _section("paths", paths())
     status = {command: command_status(command, found) for command in NEEDS}
     _section("commands", {command: line for command, (_, line) in status.items()})
+    missing = {need.library for needs in NEEDS.values() for need in needs if found[need.library].version is None}
+    if missing:
+        _section("to install", {library: INSTALL[library] for library in INSTALL if library in missing})
     if args.target is not None:
         return 0 if status[args.target][0] else 1
     return 0 if core_works else 1
