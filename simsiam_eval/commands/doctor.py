@@ -8,6 +8,7 @@ import platform
 from dataclasses import dataclass
 from typing import Callable
 
+from simsiam_eval import __version__
 from transfer.preflight import INSTALL_DETECTRON2
 
 INSTALL = {
@@ -177,8 +178,6 @@ def _section(title: str, rows: dict[str, str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from simsiam_eval import __version__
-
     found = {name: probe() for name, probe in PROBES.items()}
     core_works = all(found[name].version is not None for name in CORE)
     print(f"simsiam-eval {__version__}")
