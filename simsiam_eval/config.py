@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -15,7 +16,8 @@ from simsiam_eval.atomic import atomic_write_text
 from simsiam_eval.errors import UserError
 
 BASE_KEY = "_BASE_"
-PACKAGED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# The repository's configs/ folder, which a wheel ships as the package data of simsiam_eval.configs.
+SOURCE_TREE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 class Config(dict):
@@ -36,8 +38,16 @@ def _to_config(tree: Mapping) -> Config:
 
 
 def packaged_config_dir() -> Path:
-    """Folder of the YAML presets (the repository's ``configs/``; the package is installed editable)."""
-    return PACKAGED_CONFIGS
+    """Folder of the YAML presets: ``simsiam_eval/configs`` of an installed wheel, else the ``configs/``
+    folder of the source checkout the package runs from (editable install). Always a real folder, as
+    Detectron2 reads the files by path."""
+    installed = files("simsiam_eval") / "configs"
+    if not installed.is_dir():
+        return SOURCE_TREE_CONFIGS
+    if not isinstance(installed, Path):
+        raise UserError(f"the presets in {installed} are not real files (a zipped install); "
+                        "install simsiam-eval unzipped, e.g. with pip")
+    return installed
 
 
 def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
@@ -53,8 +63,10 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     raise UserError(f"config file not found: {name} (looked in {', '.join(str(c) for c in candidates)})")
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML file and merge it over its ``_BASE_`` chain."""
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config file and merge it over its ``_BASE_`` chain (each base: a path relative to the
+    file, a path, or a preset name such as ``pretrain/shapes_cpu``); ``chain`` holds the files that
+    include this one, to report loops."""
     if path.resolve() in chain:
         raise UserError(f"{path}: _BASE_ chain loops back to itself")
     try:
@@ -70,7 +82,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     merged: dict = {}
     for entry in bases:
         base_path = resolve_config_path(entry, relative_to=path.parent)
-        _deep_merge(merged, _read_yaml(base_path, chain + (path.resolve(),)))
+        _deep_merge(merged, read_yaml(base_path, chain + (path.resolve(),)))
     _deep_merge(merged, tree)
     return merged
 
@@ -172,7 +184,7 @@ def load_config(source: str | Path | None, defaults: Mapping, overrides: Iterabl
     tree = copy.deepcopy(dict(defaults))
     if source is not None:
         path = resolve_config_path(source)
-        _apply(tree, defaults, flatten_values(_read_yaml(path)), str(path))
+        _apply(tree, defaults, flatten_values(read_yaml(path)), str(path))
     _apply(tree, defaults, parse_overrides(overrides), "command line")
     return _to_config(tree)
 

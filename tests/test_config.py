@@ -66,3 +66,26 @@ def test_packaged_presets_resolve_against_pretrain_defaults():
     assert cfg.optim.weight_decay == 5e-4 and cfg.data.blur is False
     imagenet = load_config("pretrain/imagenet_r50", PRETRAIN_DEFAULTS)
     assert (imagenet.optim.base_lr, imagenet.batch_size, imagenet.model.proj_layers) == (0.05, 512, 3)
+
+
+def test_user_file_bases_on_a_packaged_preset_and_own_file_wins(tmp_path, monkeypatch):
+    from pretrain.defaults import PRETRAIN_DEFAULTS
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "mine.yaml", "_BASE_: pretrain/shapes_cpu\nepochs: 3\n")
+    cfg = load_config("mine.yaml", PRETRAIN_DEFAULTS)
+    assert cfg.epochs == 3 and cfg.model.arch == "resnet18"        # the rest from the packaged chain
+    (tmp_path / "pretrain").mkdir()
+    write(tmp_path / "pretrain" / "shapes_cpu.yaml", "epochs: 7\n")  # the user's own file of that name
+    assert load_config("pretrain/shapes_cpu.yaml", PRETRAIN_DEFAULTS).epochs == 7
+
+
+def test_presets_come_from_the_installed_package_when_it_ships_them(tmp_path, monkeypatch):
+    import simsiam_eval.config as config
+
+    assert config.packaged_config_dir() == config.SOURCE_TREE_CONFIGS   # source checkout: no package copy
+    (tmp_path / "configs" / "pretrain").mkdir(parents=True)
+    write(tmp_path / "configs" / "pretrain" / "tiny.yaml", "epochs: 2\n")
+    monkeypatch.setattr(config, "files", lambda package: tmp_path)      # a wheel's simsiam_eval folder
+    assert config.packaged_config_dir() == tmp_path / "configs"
+    assert load_config("pretrain/tiny", DEFAULTS).epochs == 2

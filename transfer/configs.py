@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simsiam_eval.config import _read_yaml, packaged_config_dir
+from simsiam_eval.config import packaged_config_dir, read_yaml
 from simsiam_eval.errors import UserError
 
 
@@ -74,7 +74,7 @@ def read_config_tree(path: str | os.PathLike) -> dict:
     """A Detectron2 YAML file merged over its ``_BASE_`` chain (the project's YAML reader, which
     resolves a base relative to the file first, as Detectron2 does), values decoded as yacs does.
     Keys absent here keep Detectron2's defaults, which this reader does not know."""
-    return _decode(_read_yaml(Path(path).expanduser().resolve()))
+    return _decode(read_yaml(Path(path).expanduser().resolve()))
 
 
 def config_value(tree: Mapping, key: str, default: Any = None) -> Any:
