@@ -144,8 +144,8 @@ def paths() -> dict[str, str]:
     """Where data, cached features, results and presets are read and written by default."""
     from simsiam_eval.config import packaged_config_dir
     from simsiam_eval.features import default_cache_dir
-    from simsiam_eval.knn_eval import KNN_DEFAULTS
-    from simsiam_eval.linear_probe import LINEAR_DEFAULTS
+    from simsiam_eval.knn.defaults import KNN_DEFAULTS
+    from simsiam_eval.linear.defaults import LINEAR_DEFAULTS
     from simsiam_eval.results.store import resolve_db_path
     from transfer.datasets import dataset_root
 
