@@ -1,4 +1,4 @@
-"""Imports point one way: commands -> protocols -> shared -> base.
+"""Imports point one way: commands -> suites -> protocols -> shared -> base.
 
 Every module of ``simsiam_eval``, ``pretrain`` and ``transfer`` belongs to a layer (a new module
 must be placed here); a module may import its own layer and the layers below. Protocols do not import
@@ -19,6 +19,7 @@ LAYERS = {  # layer -> module prefixes, lowest first
     "shared": ("simsiam_eval.models", "simsiam_eval.data", "simsiam_eval.checkpoints", "simsiam_eval.results",
                "simsiam_eval.features"),
     "protocols": ("simsiam_eval.knn", "simsiam_eval.linear", "simsiam_eval.report", "pretrain", "transfer"),
+    "suites": ("simsiam_eval.suite",),  # runs protocols over many checkpoints and data sets
     "commands": ("simsiam_eval.commands", "simsiam_eval.cli", "simsiam_eval.__main__"),
 }
 RANK = {layer: rank for rank, layer in enumerate(LAYERS)}
