@@ -18,7 +18,8 @@ def register(subparsers) -> None:
                     "RandomResizedCrop+flip, backbone checked unchanged; --optimizer sgd: MoCo's main_lincls "
                     "lr 30 and batch 256 on the same cosine schedule); the record's top-1/top-5 are the best "
                     "epoch's, as main_lincls reports them, beside the last epoch's; mode=cached trains the "
-                    "same layer on features computed once (a documented deviation, much faster). "
+                    "same layer on features computed once (a documented deviation, much faster). Low-shot: "
+                    "--label-fraction or --subset-file train on a subset of the training labels. "
                     "Resumable; metrics.jsonl per epoch; writes a JSON record and appends it to the results "
                     "database.\n\nSeveral processes: torchrun --nproc_per_node=N -m simsiam_eval linear ...",
         epilog="config keys and their defaults:\n" + describe_keys(LINEAR_DEFAULTS))
@@ -33,6 +34,14 @@ def register(subparsers) -> None:
     parser.add_argument("--base-lr", type=float,
                         help="lr = base_lr * batch_size / 256 (default 0.1 lars as SimSiam, 30 sgd as MoCo)")
     parser.add_argument("--seed", type=int, help="seed of the classifier init and the data order")
+    parser.add_argument("--label-fraction", type=float, metavar="F",
+                        help="low-shot: train on round(F x class size) images of each class (e.g. 0.01, 0.1; "
+                             "0 = all labels); validation stays on the full val set")
+    parser.add_argument("--subset-seed", type=int, metavar="N",
+                        help="low-shot: seed of the per-class draw (a trial in tables)")
+    parser.add_argument("--subset-file", metavar="FILE",
+                        help="low-shot: train on the images FILE lists, one per line (file names such as the "
+                             "ImageNet 1%%/10%% lists' n01440764_10026.JPEG; indices for CIFAR/MNIST)")
     parser.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                         help="start over even if output_dir holds a saved state")
     parser.set_defaults(func=run)
@@ -51,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main:
             path = publish(record, cfg, "linear.json")
             m = record["metrics"]
-            print(f"linear ({cfg.mode}, {cfg.optimizer}, {cfg.epochs} epochs): best epoch {m['best_epoch']:.0f} "
-                  f"(main_lincls' headline): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%; last epoch: "
-                  f"top-1 {m['last_top1']:.2f}%  top-5 {m['last_top5']:.2f}%")
+            settings = record["settings"]
+            labels = f", {settings['subset_size']} labelled images" if settings["subset_hash"] else ""
+            print(f"linear ({cfg.mode}, {cfg.optimizer}, {cfg.epochs} epochs{labels}): best epoch "
+                  f"{m['best_epoch']:.0f} (main_lincls' headline): top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%; "
+                  f"last epoch: top-1 {m['last_top1']:.2f}%  top-5 {m['last_top5']:.2f}%")
             print(f"record: {path}")
     finally:
         cleanup()

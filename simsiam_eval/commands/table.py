@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     pivot = parser.add_argument_group("custom pivot (--layout pivot)")
     pivot.add_argument("--rows", type=_csv_list, default=["name", "epochs"],
                        help="comma-separated fields for rows (default: name,epochs); fields: name, "
-                            "epochs, protocol, dataset, metric")
+                            "epochs, protocol, labels (low-shot), dataset, metric")
     pivot.add_argument("--columns", type=_csv_list, default=["dataset", "protocol", "metric"],
                        help="comma-separated fields for columns (default: dataset,protocol,metric)")
     pivot.add_argument("--metrics", type=_csv_list, default=None, help="only these metrics, e.g. top1,top5")

@@ -19,6 +19,9 @@ LINEAR_DEFAULTS = {
     "val": "",
     "mode": "protocol",          # protocol (main_lincls) | cached (features computed once: a deviation)
     "views": 0,                  # cached: 0 = train on the eval view; N = N cached augmented views per image
+    "label_fraction": 0.0,       # low-shot: 0.0 = all labels; e.g. 0.01, 0.1 = that fraction of each class
+    "subset_seed": 0,            # low-shot: seed of the per-class draw (each seed a trial in tables)
+    "subset_file": "",           # low-shot: file of image names (ImageFolder) or indices (arrays), one per line
     "epochs": 90,
     "optimizer": "lars",         # lars (SimSiam main_lincls --lars) | sgd (MoCo main_lincls' lr 30, batch 256)
     "batch_size": 0,             # 0: 4096 for lars, 256 for sgd (total over processes)

@@ -8,11 +8,17 @@ protocol: frozen backbone in eval mode; every step embeds RandomResizedCrop+flip
           epoch's, as main_lincls reports them; the last epoch's are kept beside them.
 cached:   the same classifier and optimiser on pool5 features computed once (the eval view, or
           ``views`` cached augmented views per image, one drawn per image per epoch).
+low-shot: either mode trains on a subset of the training images (``label_fraction`` of each class drawn
+          with ``subset_seed``, or the images ``subset_file`` lists) and validates on the full val set;
+          cached mode extracts (or reuses) the features of the full training set and selects the subset.
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -20,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from simsiam_eval.config import Config
 from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
+from simsiam_eval.data.subsets import balanced_subset, subset_from_file, subset_hash
 from simsiam_eval.data.transforms import linear_train_transform, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
@@ -51,15 +58,35 @@ def check_linear_config(cfg: Config) -> None:
         raise UserError("epochs must be >= 1, views >= 0 and batch_size >= 0")
     if cfg.views and cfg.mode != "cached":
         raise UserError("views applies to mode=cached only")
+    if cfg.label_fraction and cfg.subset_file:
+        raise UserError("label_fraction and subset_file are both set: give one of them")
+    if not 0.0 <= cfg.label_fraction <= 1.0:
+        raise UserError(f"label_fraction must be in [0, 1] (0 = all labels), got {cfg.label_fraction}")
+    if cfg.subset_file and not Path(cfg.subset_file).is_file():
+        raise UserError(f"subset_file {cfg.subset_file}: no such file")
     resolved_hyperparameters(cfg)
 
 
-def _identity(cfg: Config, checkpoint: dict) -> dict:
+def _identity(cfg: Config, checkpoint: dict, subset: np.ndarray | None) -> dict:
     keys = ("mode", "views", "train", "val", "optimizer", "epochs", "momentum", "weight_decay", "image_size",
             "resize", "seed")
     batch, base_lr, _ = resolved_hyperparameters(cfg)
-    return {"checkpoint": checkpoint["sha256"], **{k: cfg[k] for k in keys}, "batch_size": batch,
-            "base_lr": base_lr, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None}
+    identity = {"checkpoint": checkpoint["sha256"], **{k: cfg[k] for k in keys}, "batch_size": batch,
+                "base_lr": base_lr, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None}
+    if subset is not None:  # only then, so the states of full-label runs stay resumable
+        identity["subset"] = subset_hash(subset)
+    return identity
+
+
+def training_subset(cfg: Config, labels: Callable[[], np.ndarray],
+                    train_set: Callable[[], object]) -> np.ndarray | None:
+    """Indices of the training images the probe learns from: the balanced ``label_fraction`` draw, the
+    images ``subset_file`` lists, or None (all of them). ``labels`` and ``train_set`` are called only if needed."""
+    if cfg.subset_file:
+        return subset_from_file(cfg.subset_file, train_set())
+    if cfg.label_fraction:
+        return balanced_subset(labels(), cfg.label_fraction, cfg.subset_seed)
+    return None
 
 
 def _val_transform(cfg: Config):
@@ -82,8 +109,14 @@ def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
         views = [dataset_features(backbone, cfg.train, train_transform, info.device, view_seed=v, **common)
                  for v in range(cfg.views)]
     check_same_classes(views[0].classes, val.classes, cfg.train, cfg.val)
-    train_x = torch.stack([v.features for v in views]).to(info.device)  # (views, N, D)
-    train_y, val_x, val_y = views[0].labels.to(info.device), val.features.to(info.device), val.labels.to(info.device)
+    train_x = torch.stack([v.features for v in views])  # (views, N, D)
+    train_y = views[0].labels
+    num_train = len(train_y)
+    subset = training_subset(cfg, lambda: train_y.numpy(), lambda: open_dataset(prepare_dataset(cfg.train)))
+    if subset is not None:  # features of the full set are cached (shared with kNN and other subsets)
+        train_x, train_y = train_x[:, torch.from_numpy(subset)], train_y[torch.from_numpy(subset)]
+    train_x, train_y = train_x.to(info.device), train_y.to(info.device)
+    val_x, val_y = val.features.to(info.device), val.labels.to(info.device)
     batch, _, _ = resolved_hyperparameters(cfg)
 
     def train_batches(epoch: int):
@@ -99,9 +132,9 @@ def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
         for start in range(0, len(val_y), cfg.eval_batch_size):
             yield val_x[start:start + cfg.eval_batch_size], val_y[start:start + cfg.eval_batch_size]
 
-    sizes = {"num_train": train_x.shape[1], "num_val": len(val_y), "num_classes": len(val.classes),
+    sizes = {"num_train": num_train, "num_val": len(val_y), "num_classes": len(val.classes),
              "feature_dim": train_x.shape[2]}
-    return train_batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}
+    return train_batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}, subset
 
 
 def _protocol_batches(cfg: Config, info: DistInfo, backbone):
@@ -114,13 +147,15 @@ def _protocol_batches(cfg: Config, info: DistInfo, backbone):
     for spec, dataset in ((cfg.train, train_set), (cfg.val, val_set)):
         if len(dataset) == 0:
             raise UserError(f"{spec}: the data set is empty")
+    subset = training_subset(cfg, lambda: np.asarray(train_set.targets), lambda: train_set)
+    trained = train_set if subset is None else Subset(train_set, subset.tolist())
     batch, _, _ = resolved_hyperparameters(cfg)
     per_process = max(1, batch // info.world_size)
-    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+    sampler = DistributedSampler(trained, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed)
     loader_options = dict(num_workers=cfg.workers, pin_memory=info.device.type == "cuda",
                           persistent_workers=cfg.workers > 0)
-    train_loader = DataLoader(train_set, batch_size=per_process, sampler=sampler, **loader_options)
+    train_loader = DataLoader(trained, batch_size=per_process, sampler=sampler, **loader_options)
     val_loader = DataLoader(Subset(val_set, range(info.rank, len(val_set), info.world_size)),
                             batch_size=cfg.eval_batch_size, shuffle=False, **loader_options)
     use_amp = uses_amp(cfg.amp, info.device)
@@ -144,7 +179,7 @@ def _protocol_batches(cfg: Config, info: DistInfo, backbone):
         dim = pool5(backbone.eval(), probe).shape[1]
     sizes = {"num_train": len(train_set), "num_val": len(val_set), "num_classes": len(train_set.classes),
              "feature_dim": dim}
-    return train_batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}
+    return train_batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}, subset
 
 
 def _snapshot(module) -> dict[str, torch.Tensor]:
@@ -161,10 +196,10 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
     checkpoint, backbone, model_id = load_frozen_backbone(cfg.checkpoint, cfg.format, cfg.arch or None, info.device)
     before = _snapshot(backbone) if cfg.mode == "protocol" else None
     if cfg.mode == "cached":
-        train_batches, val_batches, sizes, transforms = _cached_batches(cfg, info, backbone, model_id)
+        train_batches, val_batches, sizes, transforms, subset = _cached_batches(cfg, info, backbone, model_id)
         del backbone
     else:
-        train_batches, val_batches, sizes, transforms = _protocol_batches(cfg, info, backbone)
+        train_batches, val_batches, sizes, transforms, subset = _protocol_batches(cfg, info, backbone)
     features_seconds = time.perf_counter() - clock
     batch, base_lr, lr = resolved_hyperparameters(cfg)
     classifier = build_classifier(sizes["feature_dim"], sizes["num_classes"], cfg.seed).to(info.device)
@@ -173,12 +208,15 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
                                        else None) if distributed_fc else classifier)
     optimizer = build_optimizer(classifier.parameters(), cfg.optimizer, lr, cfg.momentum, cfg.weight_decay,
                                 cfg.lars.to_dict())
-    trainer = LinearTrainer(classifier, optimizer, lr, cfg.epochs, cfg.output_dir, _identity(cfg, checkpoint),
+    trainer = LinearTrainer(classifier, optimizer, lr, cfg.epochs, cfg.output_dir, _identity(cfg, checkpoint, subset),
                             is_main=info.is_main, tensorboard=cfg.tensorboard, progress=cfg.progress,
                             forward=forward)
     resumed_from = trainer.resume() if cfg.resume else 0
     history = trainer.fit(train_batches, val_batches, reduce=distributed_fc)
     settings = {"mode": cfg.mode, "views": cfg.views, "optimizer": cfg.optimizer, "epochs": cfg.epochs,
+                "label_fraction": cfg.label_fraction, "subset_seed": cfg.subset_seed, "subset_file": cfg.subset_file,
+                "subset_size": sizes["num_train"] if subset is None else len(subset),
+                "subset_hash": None if subset is None else subset_hash(subset),
                 "precision": precision_name(cfg.amp, info.device),
                 "batch_size": batch, "base_lr": base_lr, "lr": lr, "momentum": cfg.momentum,
                 "weight_decay": cfg.weight_decay, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None,
@@ -196,5 +234,6 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
     metrics = record_metrics(history)
     data = {"train": cfg.train, "val": cfg.val, **{k: sizes[k] for k in ("num_train", "num_val", "num_classes")}}
     protocol = "linear" if cfg.mode == "protocol" else "linear-cached"
+    trial = cfg.subset_seed if cfg.label_fraction else None  # subset seeds are the trials of a low-shot cell
     return build_record(protocol, metrics, checkpoint, data, settings, started, time.perf_counter() - clock,
-                        seed=cfg.seed, tags=cfg.tags, name=cfg.name or None)
+                        seed=cfg.seed, trial=trial, tags=cfg.tags, name=cfg.name or None)

@@ -1,8 +1,9 @@
 """Records and published numbers as one long frame: one row per (checkpoint, protocol, dataset, metric).
 
-Columns: ``name, epochs, protocol, dataset, metric, value, trial, source, published``; published rows
-(``published`` True) also carry ``std`` and ``n`` when the source states them (their ``value`` is
-already a mean over ``n`` trials).
+Columns: ``name, epochs, protocol, labels, dataset, metric, value, trial, source, published``;
+``labels`` is empty, or names the training labels of a low-shot linear probe (``10% labels``, ``labels
+of FILE``), whose subset seeds are its trials. Published rows (``published`` True) also carry ``std``
+and ``n`` when the source states them (their ``value`` is already a mean over ``n`` trials).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from simsiam_eval.config import packaged_config_dir
 from simsiam_eval.errors import UserError
 from simsiam_eval.results.records import checkpoint_name, record_dataset
 
-COLUMNS = ["name", "epochs", "protocol", "dataset", "metric", "value", "trial", "source", "published"]
+COLUMNS = ["name", "epochs", "protocol", "labels", "dataset", "metric", "value", "trial", "source", "published"]
 REFERENCE_REQUIRED = ["name", "protocol", "dataset", "metric", "value", "source"]
 
 
@@ -26,6 +27,17 @@ def record_epochs(record: dict) -> float:
         if checkpoint.get(key) is not None:
             return float(checkpoint[key])
     return float("nan")
+
+
+def record_labels(record: dict) -> str:
+    """Which training labels a linear probe learnt from: ``""`` (all), ``10% labels`` (a balanced
+    ``label_fraction`` draw, whatever its seed) or ``labels of FILE`` (a ``subset_file``)."""
+    settings = record.get("settings") or {}
+    if settings.get("label_fraction"):
+        return f"{100 * float(settings['label_fraction']):g}% labels"
+    if settings.get("subset_file"):
+        return f"labels of {Path(settings['subset_file']).name}"
+    return ""
 
 
 def normalized_metrics(record: dict) -> dict:
@@ -43,7 +55,7 @@ def normalized_metrics(record: dict) -> dict:
 def measurements(records: Iterable[dict]) -> pd.DataFrame:
     """One row per metric of each record."""
     rows = [{"name": checkpoint_name(rec), "epochs": record_epochs(rec), "protocol": rec["protocol"],
-             "dataset": record_dataset(rec), "metric": metric, "value": float(value),
+             "labels": record_labels(rec), "dataset": record_dataset(rec), "metric": metric, "value": float(value),
              "trial": rec.get("trial"), "source": "this toolkit", "published": False}
             for rec in records for metric, value in normalized_metrics(rec).items()]
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -60,7 +72,8 @@ def reference_files() -> list[Path]:
 
 def load_reference(paths: Iterable[str | Path] | None = None) -> pd.DataFrame:
     """Published numbers: CSVs with columns ``name, epochs, protocol, dataset, metric, value, std, n,
-    source`` (``epochs``, ``std``, ``n`` may be empty); every row cites its source."""
+    source`` and optionally ``labels`` (``epochs``, ``std``, ``n``, ``labels`` may be empty); every row
+    cites its source."""
     frames = []
     for path in reference_files() if paths is None else paths:
         try:
@@ -78,6 +91,7 @@ def load_reference(paths: Iterable[str | Path] | None = None) -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True)
     for column in ("epochs", "std", "n"):
         frame[column] = pd.to_numeric(frame.get(column), errors="coerce")
+    frame["labels"] = frame["labels"].fillna("").astype(str) if "labels" in frame else ""
     frame["trial"] = None
     frame["published"] = True
     return frame[COLUMNS + ["std", "n"]]

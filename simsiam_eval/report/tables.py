@@ -4,8 +4,9 @@ A :class:`Table` holds three frames with the same rows and columns — ``mean``,
 from the long frame of :mod:`simsiam_eval.report.measurements`. Layouts:
 
 - ``table4``: rows (method, epochs) x columns (dataset, kNN top-1 / linear top-1), as SimSiam Table 4
-  (the linear probe on cached features, a documented deviation, gets its own column). The linear
-  columns show the best epoch's top-1 (main_lincls' headline) or the last epoch's, and say which.
+  (the linear probe on cached features, a documented deviation, gets its own column, and so does every
+  low-shot label set: ``linear top-1 (10% labels, best epoch)``, its subset seeds averaged as trials).
+  The linear columns show the best epoch's top-1 (main_lincls' headline) or the last epoch's, and say which.
 - ``table5``: rows (method, epochs) x columns (VOC07, VOC07+12, COCO det, COCO mask, ... x AP50 / AP /
   AP75) from per-trial ``transfer`` records, as SimSiam Table 5.
 - ``pivot``: any fields of the long frame as rows and columns.
@@ -21,11 +22,11 @@ import pandas as pd
 from simsiam_eval.errors import UserError
 from simsiam_eval.results.aggregate import aggregate
 
-FIELDS = ("name", "epochs", "protocol", "dataset", "metric")
-FIELD_TITLES = {"name": "Method", "epochs": "Epochs", "protocol": "Protocol", "dataset": "Dataset",
-                "metric": "Metric", "task": "Task", "column": ""}
-TABLE4_COLUMNS = {"knn": "kNN top-1", "linear": "linear top-1 ({epoch} epoch)",
-                  "linear-cached": "linear top-1 (cached, {epoch} epoch)"}  # {epoch}: best or last
+FIELDS = ("name", "epochs", "protocol", "labels", "dataset", "metric")
+FIELD_TITLES = {"name": "Method", "epochs": "Epochs", "protocol": "Protocol", "labels": "Labels",
+                "dataset": "Dataset", "metric": "Metric", "task": "Task", "column": ""}
+TABLE4_COLUMNS = {"knn": "kNN top-1", "linear": "linear top-1 ({labels}{epoch} epoch)",
+                  "linear-cached": "linear top-1 (cached, {labels}{epoch} epoch)"}  # {labels}: "10% labels, "
 LINEAR_EPOCH_METRICS = {"best": "top1", "last": "last_top1"}  # which record metric the linear columns show
 LINEAR_EPOCH_NOTES = {
     "best": "linear top-1: the best epoch's, as main_lincls reports it (best_acc1, model_best.pth.tar)",
@@ -92,8 +93,20 @@ def pivot(long: pd.DataFrame, rows: list[str], columns: list[str], title: str = 
     return Table(tables["mean"], tables["std"], tables["n"], title, sources)
 
 
+def _labels_order(labels: str) -> tuple:
+    """All labels first, then label fractions from the largest, then subset files by name."""
+    if not labels:
+        return (0, 0.0, "")
+    percent = labels.removesuffix("% labels")
+    try:
+        return (1, -float(percent), "")
+    except ValueError:
+        return (2, 0.0, labels)
+
+
 def table4(long: pd.DataFrame, linear_epoch: str = "best") -> Table:
-    """SimSiam Table 4 shape: kNN and linear top-1 by method and pretraining epochs, per dataset.
+    """SimSiam Table 4 shape: kNN and linear top-1 by method and pretraining epochs, per dataset; each
+    low-shot label set in its own linear columns.
 
     ``linear_epoch``: ``best`` (main_lincls' headline) or ``last``; published rows show their ``top1``.
     """
@@ -102,8 +115,11 @@ def table4(long: pd.DataFrame, linear_epoch: str = "best") -> Table:
     linear = long["protocol"].isin(["linear", "linear-cached"]) & ~long["published"].astype(bool)
     wanted = linear.map({True: LINEAR_EPOCH_METRICS[linear_epoch], False: "top1"})
     sel = long[long["protocol"].isin(list(TABLE4_COLUMNS)) & (long["metric"] == wanted)].copy()
-    columns = {protocol: title.format(epoch=linear_epoch) for protocol, title in TABLE4_COLUMNS.items()}
-    sel["column"] = sel["protocol"].map(columns)
+    kinds = sorted(set(zip(sel["protocol"], sel["labels"])),
+                   key=lambda kind: (list(TABLE4_COLUMNS).index(kind[0]), _labels_order(kind[1])))
+    columns = {kind: TABLE4_COLUMNS[kind[0]].format(labels=f"{kind[1]}, " if kind[1] else "", epoch=linear_epoch)
+               for kind in kinds}
+    sel["column"] = [columns[kind] for kind in zip(sel["protocol"], sel["labels"])]
     order = [(d, c) for d in dict.fromkeys(sel["dataset"]) for c in columns.values()]
     table = pivot(sel, ["name", "epochs"], ["dataset", "column"], "kNN and linear top-1 accuracy (%)", order)
     if linear.any():
@@ -147,9 +163,12 @@ def table5(long: pd.DataFrame) -> Table:
 
 def custom_pivot(long: pd.DataFrame, rows: list[str], columns: list[str],
                  metrics: list[str] | None = None) -> Table:
-    """Any fields as rows and columns, optionally only some metrics."""
+    """Any fields as rows and columns, optionally only some metrics; ``labels`` joins the columns when
+    the records hold several label sets, so low-shot and full-label probes are never averaged together."""
     if metrics:
         long = long[long["metric"].isin(metrics)]
+    if "labels" not in rows + columns and long["labels"].nunique() > 1:
+        columns = columns + ["labels"]
     return pivot(long, rows, columns, "")
 
 
