@@ -155,6 +155,14 @@ def test_cli_flags_set_the_subset_keys(shapes_root, tmp_path, capsys):
     assert "36 labelled images" in capsys.readouterr().out
 
 
+def test_help_lists_the_subset_flags_and_keys(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["linear", "--help"])
+    text = capsys.readouterr().out
+    assert all(word in text for word in ("--label-fraction", "--subset-seed", "--subset-file", "label_fraction = 0.0",
+                                         "subset_seed = 0", "subset_file = ''"))
+
+
 def linear_record(top1, fraction=0.0, seed=0, protocol="linear-cached"):
     settings = {"label_fraction": fraction, "subset_seed": seed, "subset_file": ""}
     return build_record(protocol, {"top1": top1, "top5": 99.0}, {"path": "runs/mine/checkpoint_0009.pth.tar",

@@ -9,6 +9,8 @@ records. Conventions the tables rely on:
   ``top1_k20`` etc.); linear probes: ``top1``/``top5`` of the best epoch (main_lincls' ``best_acc1``),
   ``best_epoch``, ``last_top1``/``last_top5`` of the last epoch; detection ``AP``, ``AP50``, ``AP75`` for boxes and ``mask_AP``, ``mask_AP50``,
   ``mask_AP75`` for masks.
+- ``settings`` of linear probes: ``label_fraction``, ``subset_seed``, ``subset_file``, ``subset_size``
+  and ``subset_hash`` (None for all labels); a low-shot record's ``trial`` is its subset seed.
 - ``data.name``: a short dataset name for tables (``shapes``, ``cifar10``, ``voc07``, ``voc0712``,
   ``coco``); without it the table uses ``data.dataset``, ``data.task``, ``data.val`` or ``data.train``.
 - ``checkpoint.name``: a display name (default: derived from the path); ``checkpoint.epochs``:
