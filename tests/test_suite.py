@@ -121,3 +121,28 @@ def test_suite_killed_and_rerun_equals_one_uninterrupted_run(tmp_path, shapes_ro
     for key, records in resumed.items():
         assert len(records) == 1, f"job {key} recorded {len(records)} times"
         assert records[0]["metrics"] == uninterrupted[key][0]["metrics"]
+
+
+def test_pretraining_run_precedes_the_evaluation_of_its_checkpoint(tmp_path, shapes_root, capsys):
+    overrides = {"epochs": 1, "workers": 0, "batch_size": 24, "tensorboard": False, "knn": {"every_n_epochs": 0},
+                 "data": {"train": f"shapes:{shapes_root}@train"}, "model": {"width": 8, "dim": 64, "pred_dim": 16}}
+    path = write_suite(tmp_path, shapes_root, [], {"knn": KNN},
+                       pretrain=[{"name": "run", "config": "pretrain/shapes_cpu", "overrides": overrides}])
+    assert main(["suite", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("pretrain-run: checkpoint") < out.index("run-knn-shapes: top-1")
+    (record,) = read_records(tmp_path / "out" / "results.db")
+    assert record["checkpoint"]["name"] == "run" and record["checkpoint"]["path"].endswith("checkpoint_0000.pth.tar")
+
+
+def test_torchrun_command_runs_one_job_with_the_same_overrides(tmp_path, shapes_root):
+    from simsiam_eval.suite.jobs import expand_jobs
+    from simsiam_eval.suite.run import torchrun_command
+
+    path = write_suite(tmp_path, shapes_root, [{"name": "rand", "random": "resnet18:cifar:8"}], {"knn": KNN})
+    suite = read_suite(path, ["evaluations.knn.k=[3]"])
+    (job,) = expand_jobs(suite)
+    command = torchrun_command(suite, job, 2)
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    assert command[6:] == ["simsiam_eval", "suite", str(path), "evaluations.knn.k=[3]", "--only", "rand-knn-shapes"]
+    assert job.config.k == [3]
