@@ -179,12 +179,17 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     return flat
 
 
-def load_config(source: str | Path | None, defaults: Mapping, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, then the YAML file (with its ``_BASE_`` chain), then ``key=value`` overrides."""
+def load_config(source: str | Path | None, defaults: Mapping, overrides: Iterable[str] = (), *,
+                values: Mapping | None = None, values_source: str = "values") -> Config:
+    """Defaults, then the YAML file (with its ``_BASE_`` chain), then ``values`` (an already parsed
+    mapping, e.g. a section of another YAML file; errors name it ``values_source``), then ``key=value``
+    overrides."""
     tree = copy.deepcopy(dict(defaults))
     if source is not None:
         path = resolve_config_path(source)
         _apply(tree, defaults, flatten_values(read_yaml(path)), str(path))
+    if values:
+        _apply(tree, defaults, flatten_values(values), values_source)
     _apply(tree, defaults, parse_overrides(overrides), "command line")
     return _to_config(tree)
 

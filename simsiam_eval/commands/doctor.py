@@ -112,6 +112,8 @@ NEEDS: dict[str, tuple[Need, ...]] = {
     "table": (),
     "plot": (),
     "demo": (Need("detectron2", "no detection fine-tune"),),
+    "suite": (Need("faiss", "exact torch search"), Need("detectron2", "no transfer evaluations"),
+              Need("submitit", "no --launcher slurm")),
 }
 
 

@@ -1,0 +1,31 @@
+"""A suite's closing outputs: its tables (Table 4 layout for kNN/linear, Table 5 for transfer), printed
+and written to ``tables/``, and its plots in ``plots/``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from simsiam_eval.errors import UserError, one_line
+from simsiam_eval.report.build import comparison_tables
+from simsiam_eval.report.plots import plot_run
+from simsiam_eval.report.render import to_markdown, write_table
+from simsiam_eval.results.store import select_records
+from simsiam_eval.suite.spec import Suite
+
+
+def write_outputs(suite: Suite, records: list[dict]) -> list[Path]:
+    """Print the suite's tables (its records: tagged with its name) and write them and its plots."""
+    records = select_records(records, tag=suite.name)
+    if not records:
+        print(f"suite {suite.name}: no records yet, no tables")
+        return []
+    written = []
+    for layout, table in comparison_tables(records, reference="none").items():
+        print(f"\n## {table.title or layout}\n\n{to_markdown(table)}")
+        written += write_table(table, suite.output_dir / "tables" / layout)
+    try:
+        written += plot_run(suite.output_dir, results=suite.results)
+    except UserError as error:
+        print(f"no plots: {one_line(error)}")
+    shown = sorted({str(p.with_suffix("")) for p in written})
+    print(f"\ntables and plots: {', '.join(shown)} (+ formats)")
+    return written
