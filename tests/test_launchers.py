@@ -2,6 +2,7 @@
 requeued), and the options become the expected submitit arguments and sbatch lines."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from simsiam_eval.errors import UserError
-from simsiam_eval.suite.launchers import SlurmOptions, executor_parameters, make_executor, submit_jobs, suite_job_command
+from simsiam_eval.suite.launchers import (SlurmOptions, executor_parameters, launch_suite_jobs, make_executor, submit_jobs,
+                                         suite_job_command)
 
 needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,
                                     reason="submitit not installed (pip install 'simsiam-eval[slurm]')")
@@ -50,42 +52,37 @@ def test_local_jobs_are_run_and_a_failure_is_reported(tmp_path):
         assert list(result.log_folder.glob(f"{result.scheduler_id}_0_log.out"))
 
 
-@needs_submitit
-def test_a_timed_out_job_is_requeued_and_resumes(tmp_path):
+def run_interrupted_once(tmp_path: Path, options: SlurmOptions):
+    """Submit RESUMABLE; once it has started, send its task Slurm's time-limit warning (USR2, as
+    submitit's local controller does on a time-out); return its result and progress file."""
     progress = tmp_path / "progress"
     results = {}
     waiting = threading.Thread(target=lambda: results.update(
-        submit_jobs({"pretrain": python(RESUMABLE, str(progress))}, LOCAL, tmp_path / "logs")))
+        submit_jobs({"pretrain": python(RESUMABLE, str(progress))}, options, tmp_path / "logs")))
     waiting.start()
     deadline = time.monotonic() + 30
-    while not progress.exists() and time.monotonic() < deadline:
+    while not progress.exists():
+        assert time.monotonic() < deadline, "the job did not start"
         time.sleep(0.05)
-    # Slurm's time-limit warning (USR2) to the task, as submitit's local controller sends it.
     os.kill(int(progress.read_text().split()[0]), signal.SIGUSR2)
     waiting.join(timeout=60)
+    return results["pretrain"], progress
 
-    assert results["pretrain"].ok, results["pretrain"].reason
+
+@needs_submitit
+def test_a_timed_out_job_is_requeued_and_resumes(tmp_path):
+    result, progress = run_interrupted_once(tmp_path, LOCAL)
+    assert result.ok, result.reason
     first, second = progress.read_text().split()  # ran twice, in two task processes of one job
     assert first != second
-    log = next(results["pretrain"].log_folder.glob("*_0_log.out")).read_text()
-    assert "Requeued job" in log
+    assert "Requeued job" in next(result.log_folder.glob("*_0_log.out")).read_text()
 
 
 @needs_submitit
 def test_a_job_out_of_requeues_is_reported_failed(tmp_path):
-    progress = tmp_path / "progress"
-    results = {}
-    options = SlurmOptions(**{**LOCAL.__dict__, "max_num_timeout": 0})
-    waiting = threading.Thread(target=lambda: results.update(
-        submit_jobs({"pretrain": python(RESUMABLE, str(progress))}, options, tmp_path / "logs")))
-    waiting.start()
-    while not progress.exists():
-        time.sleep(0.05)
-    os.kill(int(progress.read_text()), signal.SIGUSR2)
-    waiting.join(timeout=60)
-
-    assert not results["pretrain"].ok
-    assert "timed-out too many times" in results["pretrain"].reason
+    result, _ = run_interrupted_once(tmp_path, dataclasses.replace(LOCAL, max_num_timeout=0))
+    assert not result.ok
+    assert "timed-out too many times" in result.reason
 
 
 class FakeJob:
@@ -111,6 +108,7 @@ class FakeExecutor:
         return FakeJob(self.folder, len(self.submitted))
 
 
+@needs_submitit
 def test_options_become_submitit_parameters(tmp_path):
     options = SlurmOptions.from_section(
         {"partition": "learnfair", "nodes": 2, "gpus_per_node": 8, "mem_gb": 64, "timeout_min": 2880,
@@ -176,3 +174,12 @@ def test_suite_job_commands():
     assert four_gpus[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
     two_nodes = suite_job_command("s.yaml", "j1", options=SlurmOptions(gpus_per_node=8, nodes=2))
     assert two_nodes[3:7] == ["--nnodes", "2", "--nproc_per_node", "8"]
+
+
+@needs_submitit
+def test_suite_jobs_are_launched_with_only(tmp_path):
+    executor = FakeExecutor(tmp_path)
+    results = launch_suite_jobs("s.yaml", ["j1", "j2"], LOCAL, tmp_path / "logs", ["output_dir=o"], executor=executor)
+    assert sorted(results) == ["j1", "j2"]
+    assert executor.submitted[1] == ("j2", [sys.executable, "-m", "simsiam_eval", "suite", "s.yaml", "output_dir=o",
+                                            "--only", "j2"])

@@ -159,6 +159,14 @@ def suite_job_command(suite_file: str | Path, job_id: str, overrides: Sequence[s
             "--nproc_per_node", str(max(1, options.gpus_per_node)), *command]
 
 
+def launch_suite_jobs(suite_file: str | Path, job_ids: Sequence[str], options: SlurmOptions, log_dir: str | Path,
+                      overrides: Sequence[str] = (), executor=None) -> dict[str, JobResult]:
+    """``--launcher slurm``: each given suite job as its own submitit job (or array task) running
+    ``simsiam-eval suite SUITE --only JOB_ID`` with the suite's ``key=value`` overrides."""
+    commands = {job_id: suite_job_command(suite_file, job_id, overrides, options) for job_id in job_ids}
+    return submit_jobs(commands, options, log_dir, executor)
+
+
 @dataclasses.dataclass(frozen=True)
 class JobResult:
     """How one suite job ended under the launcher."""
