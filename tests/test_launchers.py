@@ -183,3 +183,17 @@ def test_suite_jobs_are_launched_with_only(tmp_path):
     assert sorted(results) == ["j1", "j2"]
     assert executor.submitted[1] == ("j2", [sys.executable, "-m", "simsiam_eval", "suite", "s.yaml", "output_dir=o",
                                             "--only", "j2"])
+
+
+@needs_submitit
+def test_multi_node_jobs_give_torchrun_the_rendezvous(monkeypatch):
+    import submitit
+
+    from simsiam_eval.suite.slurm_task import CommandTask
+
+    node = type("Env", (), {"num_nodes": 2, "node": 1, "hostnames": ["gpu01", "gpu02"], "raw_job_id": "123456"})
+    monkeypatch.setattr(submitit, "JobEnvironment", node)
+    env = CommandTask(["true"], ".", nodes=2)._environment()
+    assert (env["PET_NNODES"], env["PET_NODE_RANK"], env["PET_MASTER_ADDR"]) == ("2", "1", "gpu01")
+    assert env["PET_MASTER_PORT"] == str(20000 + 123456 % 20000)
+    assert "PET_NODE_RANK" not in CommandTask(["true"], ".")._environment()

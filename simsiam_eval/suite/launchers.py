@@ -184,6 +184,8 @@ def submit_jobs(commands: Mapping[str, Sequence[str]], options: SlurmOptions, lo
     ``options.array``; wait for all; return each job's result. Each job's logs land in
     ``log_dir/<job id>/``. ``executor``: an already configured submitit executor (default: made from
     ``options``)."""
+    if not commands:
+        return {}
     _submitit()
     from simsiam_eval.suite.slurm_task import CommandTask
 
