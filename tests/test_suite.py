@@ -146,3 +146,20 @@ def test_torchrun_command_runs_one_job_with_the_same_overrides(tmp_path, shapes_
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
     assert command[6:] == ["simsiam_eval", "suite", str(path), "evaluations.knn.k=[3]", "--only", "rand-knn-shapes"]
     assert job.config.k == [3]
+
+
+def test_slurm_launcher_through_submitits_local_executor(tmp_path, shapes_root, capsys):
+    """``--launcher slurm`` with ``cluster: local``: each job submitted as a submitit job running
+    ``suite --only JOB``, recorded in the suite's database; a failing one is reported, the exit status counts it."""
+    pytest.importorskip("submitit", reason="submitit not installed (pip install 'simsiam-eval[slurm]')")
+    path = write_suite(tmp_path, shapes_root, [{"name": "rand", "random": "resnet18:cifar:8"},
+                                               {"name": "gone", "path": str(tmp_path / "missing.pth.tar")}],
+                       {"knn": KNN}, launcher={"cluster": "local", "timeout_min": 10})
+    assert main(["suite", str(path), "--launcher", "slurm"]) == 1
+    out = capsys.readouterr().out
+    assert "gone-knn-shapes: FAILED" in out and "rand-knn-shapes: done (job " in out
+    records = records_by_key(tmp_path / "out" / "results.db")
+    assert [r["checkpoint"]["name"] for rs in records.values() for r in rs] == ["rand"]
+    assert (tmp_path / "out" / "logs" / "slurm" / "rand-knn-shapes").is_dir()
+    assert main(["suite", str(path), "--launcher", "slurm", "--only", "rand-knn-shapes"]) == 0  # done: not re-run
+    assert len(read_records(tmp_path / "out" / "results.db")) == 1

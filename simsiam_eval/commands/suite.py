@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     parser.add_argument("--only", metavar="JOBS", help="run only these jobs: comma-separated job names or "
                                                        "key prefixes (as --dry-run shows them)")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
-                        help="local: jobs in sequence on this machine (default); slurm: through submitit")
+                        help="local: jobs in sequence on this machine (default); slurm: each job a Slurm job "
+                             "through submitit (the suite file's launcher: section; launcher.KEY=VALUE)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="processes per job; N > 1 runs each job through torchrun --nproc_per_node N")
     parser.set_defaults(func=run)
@@ -64,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {args.nproc}")
-    if args.launcher == "slurm":
-        raise UserError("--launcher slurm: not yet available in this build (use --launcher local)")
     suite = read_suite(args.suite, args.overrides)
+    if args.launcher == "slurm" and not args.dry_run:
+        from simsiam_eval.suite.run import run_suite_on_slurm
+
+        return run_suite_on_slurm(suite, only=args.only)
     return run_suite(suite, only=args.only, dry_run=args.dry_run, nproc=args.nproc)

@@ -92,6 +92,42 @@ def _blocked(job: Job) -> str:
     return f"checkpoint not found: {job.checkpoint.source}"
 
 
+def run_suite_on_slurm(suite: Suite, only: str | None = None) -> int:
+    """``--launcher slurm``: the jobs that are left, submitted through submitit in two waves (pretraining
+    runs, then the evaluations, whose checkpoints the runs write); return the number that failed."""
+    from simsiam_eval.suite.launchers import launch_suite_jobs
+
+    memo: dict = {}
+    jobs = select_jobs(expand_jobs(suite, memo), only) if only else expand_jobs(suite, memo)
+    failed = []
+    for wave in ([job for job in jobs if job.pretrain], [job for job in jobs if not job.pretrain]):
+        done = recorded_keys(suite_records(suite))
+        left = []
+        for job in wave:
+            if job.key is None:
+                job.key = compute_key(job, memo)
+            state = job_state(job, done)
+            if state == "left":
+                left.append(job)
+            elif state != "done":
+                failed.append(job.name)
+                _say(f"{job.name}: FAILED: {_blocked(job)}")
+        results = launch_suite_jobs(suite.path, [job.name for job in left], suite.launcher,
+                                    suite.output_dir / "logs" / "slurm", suite.overrides)
+        for name, result in results.items():
+            _say(f"{name}: {'done' if result.ok else 'FAILED: ' + result.reason} "
+                 f"(job {result.scheduler_id}, logs {result.log_folder})")
+            if not result.ok:
+                failed.append(name)
+    _say(f"suite {suite.name}: {len(jobs) - len(failed)} of {len(jobs)} job(s) done"
+         + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    if not only:
+        from simsiam_eval.suite.outputs import write_outputs
+
+        write_outputs(suite, suite_records(suite))
+    return min(len(failed), MAX_EXIT_STATUS)
+
+
 def run_suite(suite: Suite, only: str | None = None, dry_run: bool = False, nproc: int = 1) -> int:
     """Run the jobs that are left; return the number that failed (at most 100)."""
     memo: dict = {}

@@ -16,9 +16,10 @@ import yaml
 
 from simsiam_eval.config import Config, load_config, parse_overrides, read_yaml, resolve_config_path
 from simsiam_eval.errors import UserError
+from simsiam_eval.suite.launchers import SlurmOptions
 
 TOP_KEYS = ("name", "output_dir", "results", "cache_dir", "checkpoints", "pretrain", "datasets", "evaluations",
-            "jobs")
+            "jobs", "launcher")
 CHECKPOINT_KEYS = ("name", "path", "glob", "random", "tags", "format")
 CHECKPOINT_SOURCES = ("path", "glob", "random")
 PRETRAIN_KEYS = ("name", "config", "overrides", "tags")
@@ -88,6 +89,7 @@ class Suite:
     evaluations: dict[str, Evaluation]
     jobs: list[dict] | None
     overrides: tuple[str, ...] = field(default=())  # the key=value items it was read with
+    launcher: SlurmOptions = field(default_factory=SlurmOptions)  # the Slurm options of --launcher slurm
 
 
 def _fail(path: Path, where: str, problem: str) -> UserError:
@@ -272,4 +274,5 @@ def read_suite(source: str | Path, overrides: Iterable[str] = ()) -> Suite:
                  results=Path(tree.get("results") or output_dir / "results.db"),
                  cache_dir=str(tree.get("cache_dir") or ""), checkpoints=checkpoints, pretrain=runs,
                  datasets=datasets, evaluations=evaluations,
-                 jobs=_explicit_jobs(path, tree.get("jobs"), set(names), evaluations), overrides=overrides)
+                 jobs=_explicit_jobs(path, tree.get("jobs"), set(names), evaluations), overrides=overrides,
+                 launcher=SlurmOptions.from_section(tree.get("launcher"), source=f"{path}: launcher"))
