@@ -19,6 +19,7 @@ PRETRAIN_DEFAULTS = {
     "progress": True,            # tqdm progress bar
     "data": {
         "train": "",             # dataset spec (required): folder, cifar10:DIR, shapes:DIR, ...
+        "fraction": 1.0,         # < 1: train on a fixed class-balanced subset of that share of the images (seed 0)
         "image_size": 224,
         "min_scale": 0.2,
         "blur": True,

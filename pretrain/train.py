@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
 from pretrain.checkpointing import (INIT_NAME, check_same_model, find_resume_checkpoint, load_checkpoint,
@@ -22,6 +22,7 @@ from pretrain.sync_bn import convert_sync_batchnorm
 from simsiam_eval.atomic import atomic_torch_save
 from simsiam_eval.config import Config, dump_config, save_config
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
+from simsiam_eval.data.subsets import balanced_subset
 from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
 from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from simsiam_eval.errors import UserError
@@ -57,6 +58,10 @@ def official_state_dict(model: nn.Module) -> dict:
 def build_loader(cfg: Config, info: DistInfo) -> tuple[DataLoader, DistributedSampler]:
     augmentation = simsiam_augmentation(cfg.data.image_size, cfg.data.min_scale, cfg.data.blur)
     dataset = open_dataset(cfg.data.train, TwoCropsTransform(augmentation))
+    if cfg.data.fraction != 1.0:
+        if not 0.0 < cfg.data.fraction < 1.0:
+            raise UserError(f"data.fraction must be in (0, 1], got {cfg.data.fraction}")
+        dataset = Subset(dataset, balanced_subset(dataset.targets, cfg.data.fraction, seed=0).tolist())
     per_process = cfg.batch_size // info.world_size
     if per_process < 2:
         raise UserError(f"batch_size={cfg.batch_size} over {info.world_size} processes leaves fewer than "

@@ -44,17 +44,19 @@ def records_by_key(db: Path) -> dict[str, list[dict]]:
 
 
 def test_dry_run_lists_jobs_and_their_states(tmp_path, shapes_root, capsys):
-    pretrain = [{"name": "run", "config": "pretrain/shapes_cpu", "overrides": [f"data.train=shapes:{shapes_root}@train"]}]
+    pretrain = [{"name": "run", "config": "pretrain/shapes_cpu", "overrides": [f"data.train=shapes:{shapes_root}@train"],
+                 "init": "run-init"}]
     path = write_suite(tmp_path, shapes_root, [{"name": "rand", "random": "resnet18:cifar:8"},
                                                {"name": "gone", "path": str(tmp_path / "missing.pth.tar")}],
                        {"knn": KNN}, pretrain=pretrain)
     assert main(["suite", str(path), "--dry-run"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(lines) == {"pretrain-run", "rand-knn-shapes", "gone-knn-shapes", "run-knn-shapes"}
+    assert set(lines) == {"pretrain-run", "rand-knn-shapes", "gone-knn-shapes", "run-knn-shapes", "run-init-knn-shapes"}
     assert " left " in lines["pretrain-run"]
     assert " left " in lines["rand-knn-shapes"]
     assert "checkpoint missing" in lines["gone-knn-shapes"]
     assert "waiting for pretrain run" in lines["run-knn-shapes"]
+    assert "waiting for pretrain run" in lines["run-init-knn-shapes"]  # its init.pth.tar: written by the run
     assert not (tmp_path / "out" / "results.db").exists()  # a dry run runs nothing
 
 
@@ -127,12 +129,16 @@ def test_pretraining_run_precedes_the_evaluation_of_its_checkpoint(tmp_path, sha
     overrides = {"epochs": 1, "workers": 0, "batch_size": 24, "tensorboard": False, "knn": {"every_n_epochs": 0},
                  "data": {"train": f"shapes:{shapes_root}@train"}, "model": {"width": 8, "dim": 64, "pred_dim": 16}}
     path = write_suite(tmp_path, shapes_root, [], {"knn": KNN},
-                       pretrain=[{"name": "run", "config": "pretrain/shapes_cpu", "overrides": overrides}])
+                       pretrain=[{"name": "run", "config": "pretrain/shapes_cpu", "overrides": overrides,
+                                  "init": "run-init"}])
     assert main(["suite", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.index("pretrain-run: checkpoint") < out.index("run-knn-shapes: top-1")
-    (record,) = read_records(tmp_path / "out" / "results.db")
-    assert record["checkpoint"]["name"] == "run" and record["checkpoint"]["path"].endswith("checkpoint_0000.pth.tar")
+    assert out.index("pretrain-run: checkpoint") < out.index("run-init-knn-shapes: top-1")
+    records = {r["checkpoint"]["name"]: r for r in read_records(tmp_path / "out" / "results.db")}
+    assert set(records) == {"run", "run-init"}
+    assert records["run"]["checkpoint"]["path"].endswith("checkpoint_0000.pth.tar")
+    assert records["run-init"]["checkpoint"]["path"].endswith("init.pth.tar")
 
 
 def test_torchrun_command_runs_one_job_with_the_same_overrides(tmp_path, shapes_root):

@@ -17,7 +17,8 @@ suite file (YAML; _BASE_ works; packaged suites by name: suites/NAME):
     - {name: sweep, glob: "runs/pretrain/checkpoint_*.pth.tar"}   # one checkpoint per file: sweep/<stem>
     - {name: random-init, random: resnet50}
   pretrain:                      # optional: its final checkpoint is evaluated under the run's name
-    - {name: shapes-run, config: pretrain/shapes_cpu, overrides: [epochs=5]}
+    - {name: shapes-run, config: pretrain/shapes_cpu, overrides: [epochs=5], init: shapes-init}
+                                 # init: evaluate its initial weights (init.pth.tar) too, under that name
   datasets:
     fmnist: {train: "fashion-mnist:/usr/share/datasets/fashion-mnist@train",
              val: "fashion-mnist:/usr/share/datasets/fashion-mnist@test"}

@@ -22,7 +22,7 @@ TOP_KEYS = ("name", "output_dir", "results", "cache_dir", "checkpoints", "pretra
             "jobs", "launcher")
 CHECKPOINT_KEYS = ("name", "path", "glob", "random", "tags", "format")
 CHECKPOINT_SOURCES = ("path", "glob", "random")
-PRETRAIN_KEYS = ("name", "config", "overrides", "tags")
+PRETRAIN_KEYS = ("name", "config", "overrides", "tags", "init")
 PROTOCOLS = ("knn", "linear", "transfer")
 # Keys of a protocol's config the runner sets for each job; a suite file may not set them in an evaluation.
 SET_BY_SUITE = ("checkpoint", "format", "train", "val", "output_dir", "output", "results", "name", "tags")
@@ -58,6 +58,13 @@ class PretrainRun:
 
     name: str
     config: Config  # resolved, output_dir inside the suite folder
+    init: str | None = None  # evaluate the run's initial weights too, under this name
+
+    @property
+    def init_checkpoint(self) -> Path:
+        from pretrain.checkpointing import INIT_NAME
+
+        return Path(self.config.output_dir) / INIT_NAME
 
     @property
     def final_checkpoint(self) -> Path:
@@ -179,7 +186,7 @@ def _pretrain_runs(path: Path, entries: Any, output_dir: Path) -> list[PretrainR
         config = resolve_config_path(entry["config"], path.parent) if entry.get("config") else None
         cfg = load_config(config, PRETRAIN_DEFAULTS, items, values=values,
                           values_source=f"{path}: {where}.overrides")
-        runs.append(PretrainRun(str(entry["name"]), cfg))
+        runs.append(PretrainRun(str(entry["name"]), cfg, str(entry["init"]) if entry.get("init") else None))
     return runs
 
 
@@ -262,6 +269,8 @@ def read_suite(source: str | Path, overrides: Iterable[str] = ()) -> Suite:
     runs = _pretrain_runs(path, tree.get("pretrain"), output_dir)
     checkpoints += [CheckpointEntry(run.name, str(run.final_checkpoint), ("pretrain",), "auto", run.name)
                     for run in runs]
+    checkpoints += [CheckpointEntry(run.init, str(run.init_checkpoint), ("init",), "auto", run.name)
+                    for run in runs if run.init]
     if not checkpoints:
         raise _fail(path, "checkpoints", "list at least one checkpoint or pretraining run")
     names = [c.name for c in checkpoints]
