@@ -90,7 +90,7 @@ def sweep_points(records: Iterable[Mapping], run_dir: str | Path | None = None) 
         return pd.DataFrame(columns=POINT_COLUMNS)
     points = (pd.DataFrame(rows).groupby(["curve", "epoch"], as_index=False)
               .agg(top1=("top1", "mean"), n=("top1", "size"), checkpoint=("checkpoint", "first")))
-    return points[POINT_COLUMNS].sort_values(["curve", "epoch"], ignore_index=True)
+    return points[POINT_COLUMNS]
 
 
 def _short_spec(spec: str) -> str:
