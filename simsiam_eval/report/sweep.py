@@ -136,7 +136,8 @@ def plot_epoch_sweep(records: Iterable[Mapping], run_dir: str | Path, output: st
         raise UserError(f"run folder not found: {run_dir}")
     points = sweep_points(records, run_dir)
     if points.empty:
-        raise UserError(f"{run_dir}: no kNN or linear record of a checkpoint in this folder")
+        raise UserError(f"{run_dir}: no kNN or linear record of a checkpoint in this folder (relative "
+                        f"checkpoint paths in records are taken from the current folder)")
     output = Path(output)
     fig, ax = plt.subplots(figsize=(7.5, 4))
     monitor = monitor_curve(run_dir)
