@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from simsiam_eval.atomic import atomic_path  # noqa: E402
 from simsiam_eval.report.tables import Table  # noqa: E402
 
 FORMATS = ("png", "svg")
@@ -36,19 +37,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def _save(fig, stem: str | Path) -> list[Path]:
+def save_figure(fig, stem: str | Path) -> list[Path]:
+    """Write ``fig`` atomically as ``stem``.png and ``stem``.svg, then close it."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in FORMATS:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight")
         paths.append(path)
     plt.close(fig)
     return paths
 
 
-def _epoch_frame(rows: Iterable[dict]) -> pd.DataFrame:
+def epoch_frame(rows: Iterable[dict]) -> pd.DataFrame:
     """Per-epoch rows, the last line winning when an epoch was logged twice (resumed runs)."""
     frame = pd.DataFrame([r for r in rows if "epoch" in r])
     if frame.empty:
@@ -56,7 +58,8 @@ def _epoch_frame(rows: Iterable[dict]) -> pd.DataFrame:
     return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").set_index("epoch")
 
 
-def _line(ax, series: pd.Series, label: str | None = None, **kwargs) -> None:
+def draw_line(ax, series: pd.Series, label: str | None = None, **kwargs) -> None:
+    """``series`` against its index with point markers, NaNs left out."""
     series = series.dropna()
     ax.plot(series.index, series.values, marker="o", markersize=3, label=label, **kwargs)
 
@@ -71,12 +74,12 @@ def is_linear_log(rows: list[dict]) -> bool:
 
 def plot_pretrain_curves(rows: list[dict], stem: str | Path, title: str = "SimSiam pretraining") -> list[Path]:
     """Loss, collapse std (with the healthy level 1/sqrt(d)) and kNN top-1 against epochs."""
-    frame = _epoch_frame(rows)
+    frame = epoch_frame(rows)
     has_knn = "knn_top1" in frame and frame["knn_top1"].notna().any()
     fig, axes = plt.subplots(1, 3 if has_knn else 2, figsize=(11 if has_knn else 7.5, 3.2))
-    _line(axes[0], frame["loss"])
+    draw_line(axes[0], frame["loss"])
     axes[0].set(title="loss (min -1)", xlabel="epoch")
-    _line(axes[1], frame["collapse_std"], "std of z/||z||")
+    draw_line(axes[1], frame["collapse_std"], "std of z/||z||")
     top = frame["collapse_std"].max()
     if "collapse_reference" in frame and frame["collapse_reference"].notna().any():
         reference = frame["collapse_reference"].dropna().iloc[-1]
@@ -85,16 +88,16 @@ def plot_pretrain_curves(rows: list[dict], stem: str | Path, title: str = "SimSi
     axes[1].set(title="collapse monitor", xlabel="epoch", ylim=(0, 1.2 * top))
     axes[1].legend(fontsize=8, loc="lower right")
     if has_knn:
-        _line(axes[2], frame["knn_top1"], "top-1")
+        draw_line(axes[2], frame["knn_top1"], "top-1")
         if "knn_top5" in frame and frame["knn_top5"].notna().any():
-            _line(axes[2], frame["knn_top5"], "top-5")
+            draw_line(axes[2], frame["knn_top5"], "top-5")
             axes[2].legend(fontsize=8, loc="best")
         axes[2].set(title="kNN monitor (%)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_linear_curves(runs: Mapping[str, list[dict]], stem: str | Path, title: str = "Linear probe") -> list[Path]:
@@ -102,14 +105,14 @@ def plot_linear_curves(runs: Mapping[str, list[dict]], stem: str | Path, title: 
     top-5 is drawn too when there is a single run."""
     fig, axes = plt.subplots(1, 2, figsize=(8.5 if len(runs) > 1 else 7.5, 3.2))
     for label, rows in runs.items():
-        frame = _epoch_frame(rows)
+        frame = epoch_frame(rows)
         name = label if len(runs) > 1 else None
         if "loss" in frame:
-            _line(axes[0], frame["loss"], name)
+            draw_line(axes[0], frame["loss"], name)
         if "top1" in frame:
-            _line(axes[1], frame["top1"], name if name else "top-1")
+            draw_line(axes[1], frame["top1"], name if name else "top-1")
         if len(runs) == 1 and "top5" in frame:
-            _line(axes[1], frame["top5"], "top-5")
+            draw_line(axes[1], frame["top5"], "top-5")
     axes[0].set(title="training loss", xlabel="epoch")
     axes[1].set(title="validation top-1 (%)" if len(runs) > 1 else "validation accuracy (%)", xlabel="epoch")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0)) if len(runs) > 1 else axes[1].legend(
@@ -118,7 +121,7 @@ def plot_linear_curves(runs: Mapping[str, list[dict]], stem: str | Path, title: 
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def _row_label(key) -> str:
@@ -151,7 +154,7 @@ def plot_table_bars(table: Table, stem: str | Path, title: str | None = None) ->
               frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_run(run_dir: str | Path, output_dir: str | Path | None = None,
