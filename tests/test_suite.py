@@ -3,6 +3,7 @@ features extracted once for kNN and cached linear."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -169,3 +171,21 @@ def test_slurm_launcher_through_submitits_local_executor(tmp_path, shapes_root, 
     assert (tmp_path / "out" / "logs" / "slurm" / "rand-knn-shapes").is_dir()
     assert main(["suite", str(path), "--launcher", "slurm", "--only", "rand-knn-shapes"]) == 0  # done: not re-run
     assert len(read_records(tmp_path / "out" / "results.db")) == 1
+
+
+def test_a_glob_over_one_runs_checkpoints_is_an_epoch_sweep(tmp_path, shapes_root, capsys):
+    """Each checkpoint of the glob is evaluated; the suite plots top-1 against epoch beside the run's monitor."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for epoch, width in ((0, 8), (1, 16)):  # two different random inits stand in for two epochs
+        assert main(["convert", f"random:resnet18:cifar:{width}", str(run / f"checkpoint_{epoch:04d}.pth.tar"),
+                     "--to", "torchvision", "--no-numerical-check"]) == 0
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "knn_top1": 30.0 + e}) + "\n" for e in (1, 2)))
+    path = write_suite(tmp_path, shapes_root, [{"name": "sweep", "glob": str(run / "checkpoint_*.pth.tar")}],
+                       {"knn": KNN})
+    assert main(["suite", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep-checkpoint_0000-knn-shapes" in out and "sweep-checkpoint_0001-knn-shapes" in out
+    points = pd.read_csv(tmp_path / "out" / "plots" / "sweep1.csv")
+    assert points["epoch"].tolist() == [1, 2]  # checkpoint_{e:04d} holds epoch e + 1
+    assert (tmp_path / "out" / "plots" / "sweep1.png").stat().st_size > 0

@@ -8,8 +8,24 @@ from simsiam_eval.errors import UserError, one_line
 from simsiam_eval.report.build import comparison_tables
 from simsiam_eval.report.plots import plot_run
 from simsiam_eval.report.render import to_markdown, write_table
+from simsiam_eval.report.sweep import plot_epoch_sweep
 from simsiam_eval.results.store import select_records
 from simsiam_eval.suite.spec import Suite
+
+
+def epoch_sweeps(suite: Suite, records: list[dict]) -> list[Path]:
+    """For each checkpoint glob (one run's checkpoints): accuracy against epoch beside the run's monitor."""
+    written = []
+    for number, pattern in enumerate(sorted({c.sweep for c in suite.checkpoints if c.sweep}), 1):
+        folders = {Path(c.source).parent for c in suite.checkpoints if c.sweep == pattern}
+        if len(folders) != 1:
+            print(f"no epoch sweep for '{pattern}': its checkpoints are in {len(folders)} folders, not one run's")
+            continue
+        try:
+            written += plot_epoch_sweep(records, folders.pop(), suite.output_dir / "plots" / f"sweep{number}")
+        except UserError as error:
+            print(f"no epoch sweep for '{pattern}': {one_line(error)}")
+    return written
 
 
 def write_outputs(suite: Suite, records: list[dict]) -> list[Path]:
@@ -26,6 +42,7 @@ def write_outputs(suite: Suite, records: list[dict]) -> list[Path]:
         written += plot_run(suite.output_dir, results=suite.results)
     except UserError as error:
         print(f"no plots: {one_line(error)}")
+    written += epoch_sweeps(suite, records)
     shown = sorted({str(p.with_suffix("")) for p in written})
     print(f"\ntables and plots: {', '.join(shown)} (+ formats)")
     return written

@@ -50,6 +50,7 @@ class CheckpointEntry:
     tags: tuple[str, ...] = ()
     format: str = "auto"
     pretrain: str | None = None  # the suite's pretraining run that writes ``source``
+    sweep: str | None = None  # the glob (over one run's checkpoints) this entry came from: an epoch sweep
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,7 +161,7 @@ def _checkpoints(path: Path, entries: Any) -> list[CheckpointEntry]:
             if not matches:
                 raise _fail(path, where, f"glob '{value}' matches no file")
             prefix = f"{entry['name']}/" if entry.get("name") else ""
-            found += [CheckpointEntry(prefix + file_stem(m), m, tags, fmt) for m in matches]
+            found += [CheckpointEntry(prefix + file_stem(m), m, tags, fmt, sweep=value) for m in matches]
             continue
         if kind == "random" and not value.startswith("random:"):
             value = f"random:{value}"
