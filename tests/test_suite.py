@@ -189,3 +189,9 @@ def test_a_glob_over_one_runs_checkpoints_is_an_epoch_sweep(tmp_path, shapes_roo
     points = pd.read_csv(tmp_path / "out" / "plots" / "sweep1.csv")
     assert points["epoch"].tolist() == [1, 2]  # checkpoint_{e:04d} holds epoch e + 1
     assert (tmp_path / "out" / "plots" / "sweep1.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "suites").glob("*.yaml")))
+def test_packaged_suites_read_and_list_their_jobs(name, tmp_path, capsys):
+    assert main(["suite", f"suites/{name}", f"output_dir={tmp_path}", "--dry-run"]) == 0
+    assert f"suite {name}: " in capsys.readouterr().out
