@@ -157,3 +157,13 @@ def test_a_wrong_conversion_is_not_reported_as_verified(monkeypatch, tmp_path, c
     with pytest.raises(UserError, match="verification failed"):
         _convert(tmp_path)
     assert not list(tmp_path.rglob("*.pkl")) and " ok" not in capsys.readouterr().out
+
+
+def test_an_override_picks_a_list_item_by_index(tmp_path):
+    from simsiam_eval.errors import UserError
+
+    assert demo_suite(tmp_path, epochs=3).pretrain[0].config.epochs == 3  # pretrain.0.overrides.epochs=3
+    for bad, problem in (("pretrain.1.overrides.epochs=3", "not an index of a list of 1"),
+                         ("pretrain.0=3", "'pretrain' is a list")):
+        with pytest.raises(UserError, match=problem):
+            read_suite(SUITE, [bad])
