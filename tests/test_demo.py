@@ -163,6 +163,12 @@ def test_an_override_picks_a_list_item_by_index(tmp_path):
     from simsiam_eval.errors import UserError
 
     assert demo_suite(tmp_path, epochs=3).pretrain[0].config.epochs == 3  # pretrain.0.overrides.epochs=3
+    path = tmp_path / "two.yaml"
+    path.write_text("checkpoints: [{name: a, random: resnet18}, {name: b, random: resnet18}]\n"
+                    "datasets: {d: {train: 'shapes:x@train', val: 'shapes:x@val'}}\n"
+                    "evaluations: {knn: {protocol: knn, datasets: [d]}}\n")
+    assert [c.source for c in read_suite(path, ["checkpoints.1.random=resnet34"]).checkpoints] == [
+        "random:resnet18", "random:resnet34"]
     for bad, problem in (("pretrain.1.overrides.epochs=3", "not an index of a list of 1"),
                          ("pretrain.0=3", "'pretrain' is a list")):
         with pytest.raises(UserError, match=problem):
