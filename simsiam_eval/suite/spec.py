@@ -121,17 +121,26 @@ def _tags(path: Path, where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _list_item(items: list, part: str, key: str) -> Any:
+    if not part.isdigit() or int(part) >= len(items):
+        raise UserError(f"override '{key}': '{part}' is not an index of a list of {len(items)}")
+    return items[int(part)]
+
+
 def apply_overrides(tree: dict, items: Iterable[str]) -> dict:
-    """Set ``a.b.c=value`` items (values parsed as YAML) in the raw suite tree."""
+    """Set ``a.b.c=value`` items (values parsed as YAML) in the raw suite tree; a number picks an item of
+    a list (``pretrain.0.overrides.epochs=2``)."""
     for key, text in parse_overrides(items).items():
         *parents, leaf = key.split(".")
         if (parents[0] if parents else leaf) not in TOP_KEYS:
             raise UserError(f"override '{key}': unknown suite key (suite keys: {', '.join(TOP_KEYS)})")
         node = tree
         for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            node = _list_item(node, part, key) if isinstance(node, list) else node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
                 raise UserError(f"override '{key}': '{part}' is not a section")
+        if isinstance(node, list):
+            raise UserError(f"override '{key}': '{parents[-1]}' is a list; set a key of one of its items")
         try:
             node[leaf] = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
