@@ -195,3 +195,14 @@ def test_a_glob_over_one_runs_checkpoints_is_an_epoch_sweep(tmp_path, shapes_roo
 def test_packaged_suites_read_and_list_their_jobs(name, tmp_path, capsys):
     assert main(["suite", f"suites/{name}", f"output_dir={tmp_path}", "--dry-run"]) == 0
     assert f"suite {name}: " in capsys.readouterr().out
+
+
+def test_changed_settings_run_in_a_fresh_folder(tmp_path, shapes_root, capsys):
+    """A linear job whose settings change is a new job: it runs (in its own folder) instead of
+    tripping over the saved state of the old settings."""
+    path = write_suite(tmp_path, shapes_root, [{"name": "rand", "random": "resnet18:cifar:8"}], {"linear": LINEAR})
+    assert main(["suite", str(path)]) == 0
+    assert main(["suite", str(path), "evaluations.linear.epochs=3"]) == 0
+    records = read_records(tmp_path / "out" / "results.db")
+    assert sorted(r["settings"]["epochs"] for r in records) == [2, 3]
+    assert len(list((tmp_path / "out" / "jobs" / "rand-linear-shapes").iterdir())) == 2

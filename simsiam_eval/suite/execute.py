@@ -1,7 +1,7 @@
 """Run one job in this process: its protocol's run function, its record into the suite's database.
 
 Each record's settings carry the job's key (``suite_job``) and its tags the suite's name. A job whose
-record file (``jobs/<job>/record.json``) holds its key already, written just before a kill, is
+record file (``jobs/<job>/<key prefix>/record.json``) holds its key already, written just before a kill, is
 published from that file instead of being run again.
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ def _stored_record(path: Path, key: str) -> dict | None:
 def _evaluate(job: Job, suite: Suite) -> str:
     from simsiam_eval.distributed import cleanup, init_distributed
 
-    record_file = job_dir(suite, job.name) / RECORD_FILE
+    folder = job_dir(suite, job)
+    record_file = folder / RECORD_FILE
     record = _stored_record(record_file, job.key)
     if record is None:
         if job.protocol == "knn":
@@ -38,7 +39,7 @@ def _evaluate(job: Job, suite: Suite) -> str:
             from simsiam_eval.linear.evaluate import run_linear as run
         info = init_distributed(job.config.device)
         try:
-            record = run(job.config, info)
+            record = run(Config({**job.config, "output_dir": str(folder)}), info)
         finally:
             cleanup()
         if not info.is_main:
@@ -53,8 +54,9 @@ def _transfer(job: Job, suite: Suite) -> str:
     last: it marks the job done) into the suite's."""
     from transfer.run import run_transfer
 
-    job_db = job_dir(suite, job.name) / "results.db"
-    aggregate = run_transfer(Config({**job.config, "results": str(job_db)}))
+    folder = job_dir(suite, job)
+    job_db = folder / "results.db"
+    aggregate = run_transfer(Config({**job.config, "output_dir": str(folder), "results": str(job_db)}))
     for record in read_records(job_db):
         final = record["protocol"] == "transfer-aggregate"
         record["settings"][SUITE_JOB if final else SUITE_JOB_PART] = job.key

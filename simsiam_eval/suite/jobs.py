@@ -51,16 +51,18 @@ def job_name(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p)).strip("-")
 
 
-def job_dir(suite: Suite, name: str) -> Path:
-    return suite.output_dir / "jobs" / name
+def job_dir(suite: Suite, job: Job) -> Path:
+    """``jobs/<job name>/<key prefix>``: a job whose settings or checkpoint change gets a fresh folder
+    (a linear probe's saved state would otherwise belong to the old settings)."""
+    return suite.output_dir / "jobs" / job.name / job.key[:12]
 
 
 def evaluation_config(suite: Suite, checkpoint: CheckpointEntry, evaluation: Evaluation,
-                      data: dict[str, str], name: str) -> Config:
+                      data: dict[str, str]) -> Config:
     """The protocol config of one job: the evaluation's keys, then what the suite sets."""
     defaults = protocol_defaults(evaluation.protocol)
     values = {**evaluation.keys, **data, "checkpoint": checkpoint.source, "format": checkpoint.format,
-              "output_dir": str(job_dir(suite, name)), "results": str(suite.results), "name": checkpoint.name,
+              "results": str(suite.results), "name": checkpoint.name,
               "tags": [suite.name, evaluation.name, *checkpoint.tags]}
     for key, value in (("progress", False), ("quiet", True), ("cache_dir", suite.cache_dir)):
         if key in defaults and key not in evaluation.keys and value != "":
@@ -121,7 +123,7 @@ def expand_jobs(suite: Suite, memo: dict | None = None) -> list[Job]:
     for checkpoint, evaluation, dataset in _triples(suite):
         name = job_name(checkpoint.name, evaluation.name, dataset or "")
         data = suite.datasets[dataset] if dataset else {}
-        jobs.append(Job(name, checkpoint, evaluation, dataset, evaluation_config(suite, checkpoint, evaluation, data, name)))
+        jobs.append(Job(name, checkpoint, evaluation, dataset, evaluation_config(suite, checkpoint, evaluation, data)))
     names = [job.name for job in jobs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
