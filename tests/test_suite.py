@@ -199,10 +199,13 @@ def test_packaged_suites_read_and_list_their_jobs(name, tmp_path, capsys):
 
 def test_changed_settings_run_in_a_fresh_folder(tmp_path, shapes_root, capsys):
     """A linear job whose settings change is a new job: it runs (in its own folder) instead of
-    tripping over the saved state of the old settings."""
+    tripping over the saved state of the old settings, and the table shows it alone."""
     path = write_suite(tmp_path, shapes_root, [{"name": "rand", "random": "resnet18:cifar:8"}], {"linear": LINEAR})
     assert main(["suite", str(path)]) == 0
+    capsys.readouterr()
     assert main(["suite", str(path), "evaluations.linear.epochs=3"]) == 0
+    table = capsys.readouterr().out.split("## ", 1)[1]
+    assert "(n=1)" in table and "(n=2)" not in table  # the table shows the current settings' record only
     records = read_records(tmp_path / "out" / "results.db")
     assert sorted(r["settings"]["epochs"] for r in records) == [2, 3]
     assert len(list((tmp_path / "out" / "jobs" / "rand-linear-shapes").iterdir())) == 2

@@ -158,10 +158,10 @@ def plot_table_bars(table: Table, stem: str | Path, title: str | None = None) ->
 
 
 def plot_run(run_dir: str | Path, output_dir: str | Path | None = None,
-             results: str | Path | None = None) -> list[Path]:
+             results: str | Path | None = None, records: list[dict] | None = None) -> list[Path]:
     """Every figure a run folder supports: curves for each pretraining ``metrics.jsonl`` under it, one
-    figure of all linear-probe runs under it, and bar charts of the tables built from its results
-    database (``results`` or ``RUN_DIR/results.db``)."""
+    figure of all linear-probe runs under it, and bar charts of the tables built from ``records``, else
+    from its results database (``results`` or ``RUN_DIR/results.db``)."""
     from simsiam_eval.errors import UserError
     from simsiam_eval.report.build import comparison_tables
     from simsiam_eval.results.store import DEFAULT_DB_NAME, read_records
@@ -186,8 +186,10 @@ def plot_run(run_dir: str | Path, output_dir: str | Path | None = None,
         written += plot_linear_curves(linear, output_dir / "linear-curves",
                                       "Linear probe" + (f" ({next(iter(linear))})" if len(linear) == 1 else ""))
     db = Path(results) if results else run_dir / DEFAULT_DB_NAME
-    if db.is_file():
-        for layout, table in comparison_tables(read_records(db), reference="none").items():
+    if records is None and db.is_file():
+        records = read_records(db)
+    if records:
+        for layout, table in comparison_tables(records, reference="none").items():
             if not table.empty:
                 written += plot_table_bars(table, output_dir / f"{layout}-bars")
     if not written:

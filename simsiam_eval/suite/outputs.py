@@ -9,7 +9,8 @@ from simsiam_eval.report.build import comparison_tables
 from simsiam_eval.report.plots import plot_run
 from simsiam_eval.report.render import to_markdown, write_table
 from simsiam_eval.report.sweep import plot_epoch_sweep
-from simsiam_eval.results.store import select_records
+from simsiam_eval.suite.execute import SUITE_JOB_PART
+from simsiam_eval.suite.jobs import SUITE_JOB, Job
 from simsiam_eval.suite.spec import Suite
 
 
@@ -28,9 +29,17 @@ def epoch_sweeps(suite: Suite, records: list[dict]) -> list[Path]:
     return written
 
 
-def write_outputs(suite: Suite, records: list[dict]) -> list[Path]:
-    """Print the suite's tables (its records: tagged with its name) and write them and its plots."""
-    records = select_records(records, tag=suite.name)
+def current_records(records: list[dict], jobs: list[Job]) -> list[dict]:
+    """The records of these jobs (by key): a job's records from older settings stay in the database
+    but out of the suite's tables."""
+    keys = {job.key for job in jobs if job.key}
+    return [r for r in records
+            if keys & {(r.get("settings") or {}).get(SUITE_JOB), (r.get("settings") or {}).get(SUITE_JOB_PART)}]
+
+
+def write_outputs(suite: Suite, records: list[dict], jobs: list[Job]) -> list[Path]:
+    """Print the suite's tables (the records of its current jobs) and write them and its plots."""
+    records = current_records(records, jobs)
     if not records:
         print(f"suite {suite.name}: no records yet, no tables")
         return []
@@ -39,7 +48,7 @@ def write_outputs(suite: Suite, records: list[dict]) -> list[Path]:
         print(f"\n## {table.title or layout}\n\n{to_markdown(table)}")
         written += write_table(table, suite.output_dir / "tables" / layout)
     try:
-        written += plot_run(suite.output_dir, results=suite.results)
+        written += plot_run(suite.output_dir, records=records)
     except UserError as error:
         print(f"no plots: {one_line(error)}")
     written += epoch_sweeps(suite, records)

@@ -124,7 +124,7 @@ def run_suite_on_slurm(suite: Suite, only: str | None = None) -> int:
     if not only:
         from simsiam_eval.suite.outputs import write_outputs
 
-        write_outputs(suite, suite_records(suite))
+        write_outputs(suite, suite_records(suite), jobs)
     return min(len(failed), MAX_EXIT_STATUS)
 
 
@@ -165,5 +165,5 @@ def run_suite(suite: Suite, only: str | None = None, dry_run: bool = False, npro
     if not only:
         from simsiam_eval.suite.outputs import write_outputs
 
-        write_outputs(suite, suite_records(suite))
+        write_outputs(suite, suite_records(suite), jobs)
     return min(len(failed), MAX_EXIT_STATUS)
