@@ -92,6 +92,17 @@ def _blocked(job: Job) -> str:
     return f"checkpoint not found: {job.checkpoint.source}"
 
 
+def finish(suite: Suite, jobs: list[Job], failed: list[str], only: str | None) -> int:
+    """The closing line, the tables and plots (of a whole-suite run), and the exit status."""
+    _say(f"suite {suite.name}: {len(jobs) - len(failed)} of {len(jobs)} job(s) done"
+         + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    if not only:
+        from simsiam_eval.suite.outputs import write_outputs
+
+        write_outputs(suite, suite_records(suite), jobs)
+    return min(len(failed), MAX_EXIT_STATUS)
+
+
 def run_suite_on_slurm(suite: Suite, only: str | None = None) -> int:
     """``--launcher slurm``: the jobs that are left, submitted through submitit in two waves (pretraining
     runs, then the evaluations, whose checkpoints the runs write); return the number that failed."""
@@ -119,13 +130,7 @@ def run_suite_on_slurm(suite: Suite, only: str | None = None) -> int:
                  f"(job {result.scheduler_id}, logs {result.log_folder})")
             if not result.ok:
                 failed.append(name)
-    _say(f"suite {suite.name}: {len(jobs) - len(failed)} of {len(jobs)} job(s) done"
-         + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
-    if not only:
-        from simsiam_eval.suite.outputs import write_outputs
-
-        write_outputs(suite, suite_records(suite), jobs)
-    return min(len(failed), MAX_EXIT_STATUS)
+    return finish(suite, jobs, failed, only)
 
 
 def run_suite(suite: Suite, only: str | None = None, dry_run: bool = False, nproc: int = 1) -> int:
@@ -160,10 +165,4 @@ def run_suite(suite: Suite, only: str | None = None, dry_run: bool = False, npro
             _say(f"{label}: FAILED: {_failure(error)}" + (f" (log: {log})" if log.is_file() else ""))
             continue
         _say(f"{label}: {summary} ({time.perf_counter() - started:.0f} s)")
-    _say(f"suite {suite.name}: {len(jobs) - len(failed)} of {len(jobs)} job(s) done"
-         + (f", {len(failed)} failed: {', '.join(failed)}" if failed else ""))
-    if not only:
-        from simsiam_eval.suite.outputs import write_outputs
-
-        write_outputs(suite, suite_records(suite), jobs)
-    return min(len(failed), MAX_EXIT_STATUS)
+    return finish(suite, jobs, failed, only)
