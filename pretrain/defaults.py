@@ -32,6 +32,7 @@ PRETRAIN_DEFAULTS = {
         "pred_dim": 512,
         "proj_layers": 3,
         "predictor": True,       # False: the paper's no-predictor ablation
+        "frozen_predictor": False,  # True: the predictor stays at its random init (paper Table 1b)
         "sync_bn": True,         # SyncBatchNorm when training on several processes
     },
     "loss": {

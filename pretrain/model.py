@@ -33,12 +33,16 @@ class SimSiam(nn.Module):
     """
 
     def __init__(self, arch: str = "resnet50", dim: int = 2048, pred_dim: int = 512, proj_layers: int = 3,
-                 stem: str = "imagenet", width: int = 64, predictor: bool = True) -> None:
+                 stem: str = "imagenet", width: int = 64, predictor: bool = True,
+                 frozen_predictor: bool = False) -> None:
+        """``frozen_predictor``: the predictor's weights stay at their random initialisation (no
+        gradient, no optimiser update; its BatchNorm still normalises by the batch), paper Table 1b."""
         super().__init__()
         self.encoder = build_resnet(arch, stem=stem, width=width, num_classes=dim, zero_init_residual=True)
         prev_dim = self.encoder.fc.weight.shape[1]
         self.encoder.fc = build_projector(prev_dim, self.encoder.fc, proj_layers)
         self.predictor = build_predictor(dim, pred_dim) if predictor else nn.Identity()
+        self.predictor.requires_grad_(not frozen_predictor)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor):
         z1, z2 = self.encoder(x1), self.encoder(x2)
@@ -49,4 +53,4 @@ def build_model(model_cfg) -> SimSiam:
     """SimSiam from the ``model`` section of a pretrain config."""
     return SimSiam(arch=model_cfg["arch"], dim=model_cfg["dim"], pred_dim=model_cfg["pred_dim"],
                    proj_layers=model_cfg["proj_layers"], stem=model_cfg["stem"], width=model_cfg["width"],
-                   predictor=model_cfg["predictor"])
+                   predictor=model_cfg["predictor"], frozen_predictor=model_cfg["frozen_predictor"])

@@ -30,11 +30,13 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, init_lr: float, epoch: int, e
 
 def build_optimizer(model: torch.nn.Module, init_lr: float, momentum: float, weight_decay: float,
                     fix_pred_lr: bool) -> torch.optim.SGD:
-    """SGD over encoder and predictor; with ``fix_pred_lr`` the predictor group is marked ``fix_lr``."""
+    """SGD over encoder and predictor (every parameter, as main_simsiam.py; a frozen predictor's are
+    left out); with ``fix_pred_lr`` the predictor group is marked ``fix_lr``."""
+    encoder = list(model.encoder.parameters())
+    predictor = [p for p in model.predictor.parameters() if p.requires_grad]
     if fix_pred_lr:
-        groups = [{"params": list(model.encoder.parameters()), "fix_lr": False},
-                  {"params": list(model.predictor.parameters()), "fix_lr": True}]
+        groups = [{"params": encoder, "fix_lr": False}, {"params": predictor, "fix_lr": True}]
         groups = [g for g in groups if g["params"]]
     else:
-        groups = [{"params": list(model.parameters()), "fix_lr": False}]
+        groups = [{"params": encoder + predictor, "fix_lr": False}]
     return torch.optim.SGD(groups, lr=init_lr, momentum=momentum, weight_decay=weight_decay)
