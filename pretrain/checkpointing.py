@@ -101,7 +101,7 @@ def find_resume_checkpoint(resume: str, output_dir: Path) -> Path | None:
 def check_same_model(path: Path, saved_config: dict | None, arch: str, model_cfg: dict) -> None:
     """A checkpoint of another architecture (or projector shape) cannot be resumed by this config."""
     saved_model = (saved_config or {}).get("model", {})
-    keys = ("arch", "stem", "width", "dim", "pred_dim", "proj_layers", "predictor")
+    keys = ("arch", "stem", "width", "dim", "pred_dim", "proj_layers", "predictor", "frozen_predictor", "bn_heads")
     diffs = [f"{k}={saved_model.get(k)!r} (config has {model_cfg[k]!r})"
              for k in keys if k in saved_model and saved_model[k] != model_cfg[k]]
     if not saved_model and arch != model_cfg["arch"]:

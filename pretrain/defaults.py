@@ -33,6 +33,7 @@ PRETRAIN_DEFAULTS = {
         "proj_layers": 3,
         "predictor": True,       # False: the paper's no-predictor ablation
         "frozen_predictor": False,  # True: the predictor stays at its random init (paper Table 1b)
+        "bn_heads": "hidden+output",  # BN in the MLP heads (paper Table 3): none | hidden | hidden+output | all
         "sync_bn": True,         # SyncBatchNorm when training on several processes
     },
     "loss": {
