@@ -194,6 +194,13 @@ def load_config(source: str | Path | None, defaults: Mapping, overrides: Iterabl
     return _to_config(tree)
 
 
+def require_keys(cfg: Mapping, keys: Iterable[str]) -> None:
+    """A one-line error for the first of ``keys`` left empty (each is set by the flag ``--KEY``)."""
+    for key in keys:
+        if not cfg[key]:
+            raise UserError(f"{key} is empty: give --{key}")
+
+
 def dump_config(cfg: Mapping) -> str:
     return yaml.safe_dump(cfg.to_dict() if isinstance(cfg, Config) else dict(cfg), sort_keys=False)
 

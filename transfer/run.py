@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from simsiam_eval.config import Config
+from simsiam_eval.config import Config, require_keys
 from simsiam_eval.errors import UserError
 from simsiam_eval.precision import AMP_FP16, FP32
 from simsiam_eval.results.records import build_record
@@ -230,9 +230,7 @@ def train_in_subprocess(trial: Trial, run_config: Path, devices: int, options: C
 
 def check_transfer_config(options: Config) -> None:
     """The keys every run needs, and Detectron2's overrides in pairs."""
-    for key in ("checkpoint", "task"):
-        if not options[key]:
-            raise UserError(f"{key} is empty: give --{key}")
+    require_keys(options, ("checkpoint", "task"))
     if options.trials < 1:
         raise UserError(f"trials must be at least 1, got {options.trials}")
     check_overrides([str(item) for item in options.opts])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from simsiam_eval.config import Config
+from simsiam_eval.config import Config, require_keys
 from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print_upsampling_note
 from simsiam_eval.data.transforms import INTERPOLATIONS, normalization_settings
 from simsiam_eval.distributed import DistInfo
@@ -30,9 +30,7 @@ def apply_preset(cfg: Config, explicit: set[str]) -> Config:
 
 def check_knn_config(cfg: Config) -> None:
     """One-line errors for missing data/checkpoint and unknown choices or k values."""
-    for key in ("checkpoint", "train", "val"):
-        if not cfg[key]:
-            raise UserError(f"{key} is empty: give --{key}")
+    require_keys(cfg, ("checkpoint", "train", "val"))
     if cfg.weighting not in WEIGHTINGS:
         raise UserError(f"unknown weighting '{cfg.weighting}' (choose from {', '.join(WEIGHTINGS)})")
     if cfg.backend not in BACKENDS:

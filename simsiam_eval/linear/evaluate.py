@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from simsiam_eval.config import Config
+from simsiam_eval.config import Config, require_keys
 from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print_upsampling_note
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.subsets import balanced_subset, subset_from_file, subset_hash
@@ -49,9 +49,7 @@ def resolved_hyperparameters(cfg: Config) -> tuple[int, float, float]:
 
 def check_linear_config(cfg: Config) -> None:
     """One-line errors for missing data/checkpoint, unknown modes or optimisers and bad sizes."""
-    for key in ("checkpoint", "train", "val"):
-        if not cfg[key]:
-            raise UserError(f"{key} is empty: give --{key}")
+    require_keys(cfg, ("checkpoint", "train", "val"))
     if cfg.mode not in MODES:
         raise UserError(f"unknown mode '{cfg.mode}' (choose from {', '.join(MODES)})")
     if cfg.epochs < 1 or cfg.views < 0 or cfg.batch_size < 0:
