@@ -40,6 +40,13 @@ PRETRAIN_DEFAULTS = {
         "similarity": "cosine",  # cosine | cross_entropy
         "symmetric": True,
         "stop_gradient": True,   # False: the paper's collapsing ablation
+        "pairs": 1,              # pairs of views per image and step; 2 with symmetric false: "asymmetric 2x"
+    },
+    "target": {                  # where the loss's targets come from (paper Sec. 5 and 6; pretrain/targets.py)
+        "kind": "online",        # online (SimSiam) | alternation | expectation | momentum_encoder
+        "steps": 10,             # alternation: SGD steps per set of pre-computed targets (0: one epoch)
+        "average_momentum": 0.8,  # expectation: eta_x <- m eta_x + (1 - m) F(T'(x)) (the paper's m)
+        "momentum": 0.996,       # momentum_encoder: BYOL's base EMA momentum, raised to 1 by a cosine
     },
     "optim": {
         "base_lr": 0.05,         # lr = base_lr * batch_size / 256

@@ -1,6 +1,8 @@
 """SimSiam's loss D(p, sg(z)) and the ablations of the paper (Sec. 4, Table/Fig. 2-5)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -31,3 +33,14 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     if not symmetric:
         return distance(p1, z2)
     return 0.5 * distance(p1, z2) + 0.5 * distance(p2, z1)
+
+
+def paired_views_loss(ps: Sequence[torch.Tensor], zs: Sequence[torch.Tensor], similarity: str = "cosine",
+                      symmetric: bool = True, stop_gradient: bool = True) -> torch.Tensor:
+    """The mean of :func:`simsiam_loss` over the pairs of views (1st with 2nd, 3rd with 4th, ...):
+    with two pairs per image and ``symmetric=False``, the paper's "asymmetric 2x" (Sec. 4.6)."""
+    if len(ps) != len(zs) or len(ps) % 2:
+        raise ValueError(f"expected pairs of views, got {len(ps)} predictions and {len(zs)} targets")
+    losses = [simsiam_loss(ps[i], ps[i + 1], zs[i], zs[i + 1], similarity=similarity, symmetric=symmetric,
+                           stop_gradient=stop_gradient) for i in range(0, len(ps), 2)]
+    return torch.stack(losses).mean()

@@ -46,8 +46,9 @@ def build_predictor(dim: int, pred_dim: int, bn_heads: str = "hidden+output") ->
 class SimSiam(nn.Module):
     """Encoder f (backbone + projector in ``encoder.fc``) and predictor h.
 
-    ``forward(x1, x2)`` returns ``(p1, p2, z1, z2)``; z is not detached here, so that the
-    loss decides about the stop-gradient (the no-stop-gradient ablation needs it attached).
+    ``forward(x1, x2)`` returns ``(p1, p2, z1, z2)`` (any number of views: every p, then every z);
+    z is not detached here, so that the loss decides about the stop-gradient (the
+    no-stop-gradient ablation needs it attached). Each view is its own batch for BatchNorm.
     """
 
     def __init__(self, arch: str = "resnet50", dim: int = 2048, pred_dim: int = 512, proj_layers: int = 3,
@@ -65,9 +66,9 @@ class SimSiam(nn.Module):
         self.predictor = build_predictor(dim, pred_dim, bn_heads) if predictor else nn.Identity()
         self.predictor.requires_grad_(not frozen_predictor)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
-        z1, z2 = self.encoder(x1), self.encoder(x2)
-        return self.predictor(z1), self.predictor(z2), z1, z2
+    def forward(self, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        zs = [self.encoder(view) for view in views]
+        return (*[self.predictor(z) for z in zs], *zs)
 
 
 def build_model(model_cfg) -> SimSiam:

@@ -9,21 +9,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from pretrain.checkpointing import (INIT_NAME, check_same_model, find_resume_checkpoint, load_checkpoint,
                                     rng_state, save_checkpoint, set_rng_state)
 from pretrain.collapse import collapse_std, collapse_threshold, collapsed_floor, healthy_std, is_collapsed
-from pretrain.loss import simsiam_loss
+from pretrain.loss import paired_views_loss
 from pretrain.model import SimSiam, build_model
 from pretrain.schedule import build_optimizer, scaled_lr, set_epoch_lr
 from pretrain.sync_bn import convert_sync_batchnorm
+from pretrain.targets import OnlineTargets, batch_blocks, build_targets
 from simsiam_eval.atomic import atomic_torch_save
 from simsiam_eval.config import Config, dump_config, save_config
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.subsets import balanced_subset
-from simsiam_eval.data.transforms import TwoCropsTransform, simsiam_augmentation
+from simsiam_eval.data.transforms import MultiViewTransform, simsiam_augmentation
 from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from simsiam_eval.errors import UserError
 from simsiam_eval.metrics_log import MetricsLog
@@ -55,13 +56,30 @@ def official_state_dict(model: nn.Module) -> dict:
     return {f"module.{k}": v for k, v in inner.state_dict().items()}
 
 
+class WithIndex(Dataset):
+    """Items ``(views, index of the image)``: the per-image targets need the index, not the label."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index][0], index
+
+
 def build_loader(cfg: Config, info: DistInfo) -> tuple[DataLoader, DistributedSampler]:
+    """Batches of ``(views, image indices)``: ``2 * loss.pairs`` augmented views of each image."""
+    if cfg.loss.pairs < 1:
+        raise UserError(f"loss.pairs must be >= 1, got {cfg.loss.pairs}")
     augmentation = simsiam_augmentation(cfg.data.image_size, cfg.data.min_scale, cfg.data.blur)
-    dataset = open_dataset(cfg.data.train, TwoCropsTransform(augmentation))
+    dataset = open_dataset(cfg.data.train, MultiViewTransform(augmentation, 2 * cfg.loss.pairs))
     if cfg.data.fraction != 1.0:
         if not 0.0 < cfg.data.fraction < 1.0:
             raise UserError(f"data.fraction must be in (0, 1], got {cfg.data.fraction}")
         dataset = Subset(dataset, balanced_subset(dataset.targets, cfg.data.fraction, seed=0).tolist())
+    dataset = WithIndex(dataset)
     per_process = cfg.batch_size // info.world_size
     if per_process < 2:
         raise UserError(f"batch_size={cfg.batch_size} over {info.world_size} processes leaves fewer than "
@@ -75,16 +93,22 @@ def build_loader(cfg: Config, info: DistInfo) -> tuple[DataLoader, DistributedSa
     return loader, sampler
 
 
-def resume_if_possible(cfg: Config, model: SimSiam, optimizer, scaler, output_dir: Path, info: DistInfo) -> int:
-    """Restore model, optimiser, scaler and RNG state; return the epoch to start from."""
+def resume_if_possible(cfg: Config, model: SimSiam, optimizer, scaler, targets: OnlineTargets, output_dir: Path,
+                       info: DistInfo) -> int:
+    """Restore model, optimiser, scaler, target and RNG state; return the epoch to start from."""
     path = find_resume_checkpoint(cfg.resume, output_dir)
     if path is None:
         return 0
     state = load_checkpoint(path)
     check_same_model(path, state.get("config"), state["arch"], cfg.model)
+    saved_kind = ((state.get("config") or {}).get("target") or {}).get("kind", "online")
+    if saved_kind != cfg.target.kind:
+        raise UserError(f"{path}: cannot resume, the checkpoint was trained with target.kind={saved_kind} "
+                        f"(config has {cfg.target.kind})")
     try:
         model.load_state_dict(_strip_module(state["state_dict"]))
         optimizer.load_state_dict(state["optimizer"])
+        targets.load_state_dict(state.get("targets") or {})
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: does not fit this model ({str(exc).splitlines()[0]})") from None
     if state.get("scaler"):
@@ -95,38 +119,56 @@ def resume_if_possible(cfg: Config, model: SimSiam, optimizer, scaler, output_di
     return int(state["epoch"])
 
 
+def _to_device(views, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
+    views = [v.to(device, non_blocking=True) for v in views]
+    return [v.contiguous(memory_format=torch.channels_last) for v in views] if channels_last else views
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg: Config, info: DistInfo,
-                    epoch: int, lr: float, metrics: MetricsLog | None) -> dict[str, float]:
-    """One pass over the data; returns mean loss, mean collapse std and throughput (all processes)."""
+                    epoch: int, lr: float, metrics: MetricsLog | None,
+                    targets: OnlineTargets | None = None) -> dict[str, float]:
+    """One pass over the data; returns mean loss, mean collapse std and throughput (all processes).
+
+    ``targets`` (default: SimSiam's own z) gives each step's targets; for the multi-step alternation it
+    pre-computes them for each block of batches before the block's steps."""
     model.train()
+    targets = targets or OnlineTargets()
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
     device, use_amp = info.device, scaler.is_enabled()
     channels_last = cfg.channels_last and device.type == "cuda"
     totals = torch.zeros(2, device=device)
     steps, images, start = 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
-    for views, _ in bar:
-        x1, x2 = (v.to(device, non_blocking=True) for v in views)
-        if channels_last:
-            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+    for block in batch_blocks(loader, targets.block_size):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            p1, p2, z1, z2 = model(x1, x2)
-        loss = simsiam_loss(p1.float(), p2.float(), z1.float(), z2.float(), similarity=cfg.loss.similarity,
-                            symmetric=cfg.loss.symmetric, stop_gradient=cfg.loss.stop_gradient)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        totals += torch.stack([loss.detach(), collapse_std(z1)])
-        steps += 1
-        images += x1.shape[0] * info.world_size
-        if info.is_main and steps % PROGRESS_EVERY == 0:
-            mean_loss, mean_std = (totals / steps).tolist()
-            rate = images / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.4g}", std=f"{mean_std:.4f}", img_s=f"{rate:.0f}")
-            if metrics is not None:
-                metrics.scalars({"loss": mean_loss, "collapse_std": mean_std, "lr": lr},
-                                epoch * len(loader) + steps, prefix="train_iter/")
+            targets.prepare(inner.encoder, block)
+        for position, (views, indices) in enumerate(block):
+            xs = _to_device(views, device, channels_last)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = model(*xs)
+                ps, zs = outputs[:len(xs)], outputs[len(xs):]
+                ts = targets.targets(zs, xs, torch.as_tensor(indices), position)
+            loss = paired_views_loss([p.float() for p in ps], [t.float() for t in ts],
+                                     similarity=cfg.loss.similarity, symmetric=cfg.loss.symmetric,
+                                     stop_gradient=cfg.loss.stop_gradient)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            targets.after_step(inner.encoder, epoch * len(loader) + steps)
+            totals += torch.stack([loss.detach(), collapse_std(zs[0])])
+            steps += 1
+            images += xs[0].shape[0] * info.world_size
+            bar.update(1)
+            if info.is_main and steps % PROGRESS_EVERY == 0:
+                mean_loss, mean_std = (totals / steps).tolist()
+                rate = images / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.4g}", std=f"{mean_std:.4f}", img_s=f"{rate:.0f}")
+                if metrics is not None:
+                    metrics.scalars({"loss": mean_loss, "collapse_std": mean_std, "lr": lr},
+                                    epoch * len(loader) + steps, prefix="train_iter/")
+    bar.close()
     seconds = time.perf_counter() - start
     mean_loss, mean_std = all_reduce_mean(totals / max(steps, 1)).tolist()
     return {"loss": mean_loss, "collapse_std": mean_std, "images_per_sec": images / seconds, "seconds": seconds}
@@ -205,7 +247,9 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     init_lr = scaled_lr(cfg.optim.base_lr, cfg.batch_size)
     model, optimizer = build_model_and_optimizer(cfg, info, init_lr)
     scaler = torch.amp.GradScaler("cuda", enabled=uses_amp(cfg.amp, info.device))
-    start_epoch = resume_if_possible(cfg, model, optimizer, scaler, output_dir, info)
+    targets = build_targets(cfg.target, cfg.loss.stop_gradient, model.encoder, len(loader.dataset), cfg.model.dim,
+                            cfg.epochs * len(loader), info.device)
+    start_epoch = resume_if_possible(cfg, model, optimizer, scaler, targets, output_dir, info)
     if start_epoch == 0 and info.is_main:
         atomic_torch_save({"epoch": 0, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
                            "config": cfg.to_dict(), "versions": versions(), "git": git_revision()},
@@ -221,13 +265,14 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         lr = set_epoch_lr(optimizer, init_lr, epoch, cfg.epochs, cfg.optim.warmup_epochs)
-        stats = train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, lr, metrics)
+        stats = train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, lr, metrics, targets)
         record = {"epoch": epoch + 1, "lr": lr, "collapse_reference": reference, **stats}
         if cfg.knn.every_n_epochs and ((epoch + 1) % cfg.knn.every_n_epochs == 0 or epoch + 1 == cfg.epochs):
             record.update(run_knn_monitor(model, cfg, info))
         if info.is_main:
             state = {"epoch": epoch + 1, "arch": cfg.model.arch, "state_dict": official_state_dict(model),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                     "targets": targets.state_dict(),
                      "config": cfg.to_dict(), "versions": versions(), "git": git_revision()}
             last = save_checkpoint(output_dir, state, cfg.keep_last)
             metrics.record(record, epoch + 1, prefix="epoch/")

@@ -92,6 +92,9 @@ def test_real_loop_equals_the_official_step_written_out(preset, fix_pred_lr):
     expected = net.state_dict()
     assert state.keys() == expected.keys()
     for key, value in expected.items():
-        assert torch.allclose(state[key].double(), value.double(), atol=1e-6, rtol=0), key
+        # fp32 sums in another order (this CPU's conv backward kernels) leave up to ~1e-5 on conv1 after
+        # 4 steps: the tolerance is 0.1% of how far the tensor moved (a dropped term moves it by far more)
+        moved_here = (value.double() - initial[key].double()).abs().max().item()
+        assert torch.allclose(state[key].double(), value.double(), atol=1e-6 + 1e-3 * moved_here, rtol=0), key
     moved = max((expected[k].double() - initial[k].double()).abs().max().item() for k in expected)
     assert moved > 1e-2  # the steps did move the weights (the comparison is not trivially true)

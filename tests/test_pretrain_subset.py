@@ -23,12 +23,12 @@ def loader_for(shapes_root, fraction):
 
 
 def test_a_fraction_keeps_that_share_of_every_class(shapes_root):
-    full = loader_for(shapes_root, 1.0).dataset
-    half = loader_for(shapes_root, 0.5).dataset
+    full = loader_for(shapes_root, 1.0).dataset.dataset  # inside the WithIndex wrapper
+    half = loader_for(shapes_root, 0.5).dataset.dataset
     per_class = collections.Counter(full.targets)
     kept = collections.Counter(full.targets[i] for i in half.indices)
     assert kept == {c: (n + 1) // 2 for c, n in per_class.items()}  # halves rounded up, counted by hand
-    assert half.indices == loader_for(shapes_root, 0.5).dataset.indices  # fixed: the same images each run
+    assert half.indices == loader_for(shapes_root, 0.5).dataset.dataset.indices  # fixed: the same images each run
 
 
 def test_a_fraction_outside_the_range_is_refused(shapes_root):

@@ -51,17 +51,18 @@ def simsiam_augmentation(image_size: int = 224, min_scale: float = 0.2, blur: bo
     return T.Compose(steps)
 
 
-class TwoCropsTransform:
-    """Two independent views of one image."""
+class MultiViewTransform:
+    """``count`` independent views of one image (2 for SimSiam; 4 for two pairs per image)."""
 
-    def __init__(self, base: Callable) -> None:
+    def __init__(self, base: Callable, count: int = 2) -> None:
         self.base = base
+        self.count = count
 
     def __call__(self, image):
-        return [self.base(image), self.base(image)]
+        return [self.base(image) for _ in range(self.count)]
 
     def __repr__(self) -> str:
-        return f"TwoCropsTransform({self.base!r})"
+        return f"MultiViewTransform({self.base!r}, count={self.count})"
 
 
 def linear_train_transform(image_size: int = 224) -> T.Compose:
