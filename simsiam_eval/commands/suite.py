@@ -28,6 +28,8 @@ suite file (YAML; _BASE_ works; packaged suites by name: suites/NAME):
     voc07: {protocol: transfer, task: voc07, trials: 5}
   jobs:                          # optional: these jobs instead of checkpoints x evaluations x datasets
     - {checkpoint: mine, evaluation: knn, dataset: fmnist}
+  study: ""                      # optional: simsiam_study (or a path): the SimSiam paper's study tables and
+                                 # plots; each name of the file must be a pretrain entry (README: Study report)
 
 Relative paths are read from the working folder. A job's key is the sha256 of its checkpoint (the file's
 sha256, or the random: spec), protocol, resolved config and data; a job whose key the results database

@@ -7,6 +7,7 @@ and ``n`` when the source states them (their ``value`` is already a mean over ``
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Iterable
 
@@ -18,6 +19,8 @@ from simsiam_eval.results.records import checkpoint_name, record_dataset
 
 COLUMNS = ["name", "epochs", "protocol", "labels", "dataset", "metric", "value", "trial", "source", "published"]
 REFERENCE_REQUIRED = ["name", "protocol", "dataset", "metric", "value", "source"]
+# A study file (a suite's ``study:``, simsiam_eval/suite/study.py): the paper's verdict per variant, not table rows.
+STUDY_COLUMNS = ["experiment", "name", "paper_setting", "value", "verdict", "source"]
 
 
 def record_epochs(record: dict) -> float:
@@ -65,9 +68,15 @@ def reference_dir() -> Path:
     return packaged_config_dir() / "reference"
 
 
+def is_study_file(path: Path) -> bool:
+    """Whether a CSV's header is a study file's (:data:`STUDY_COLUMNS`)."""
+    with open(path, newline="") as stream:
+        return next(csv.reader(stream), []) == STUDY_COLUMNS
+
+
 def reference_files() -> list[Path]:
-    """The published-numbers CSVs shipped in ``configs/reference``."""
-    return sorted(reference_dir().glob("*.csv"))
+    """The published-numbers CSVs shipped in ``configs/reference`` (its study files left out)."""
+    return [path for path in sorted(reference_dir().glob("*.csv")) if not is_study_file(path)]
 
 
 def load_reference(paths: Iterable[str | Path] | None = None) -> pd.DataFrame:

@@ -34,7 +34,7 @@ _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$"
                    "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
-def _escape_latex(text: str) -> str:
+def escape_latex(text: str) -> str:
     """Escape a caption (cells and headers are escaped by pandas' Styler)."""
     return text.translate(str.maketrans(_LATEX_SPECIALS))
 
@@ -73,7 +73,7 @@ def to_latex(table: Table, threshold: float | None = 0.5, decimals: int = 1) -> 
     caption = ". ".join([table.title, *table.notes] if table.title else table.notes)
     caption += "" if not table.sources else ". Published rows: " + "; ".join(_sources_lines(table))
     latex = styler.to_latex(hrules=True, sparse_index=False, convert_css=True, multicol_align="c", environment="table",
-                            caption=_escape_latex(caption) if caption else None,
+                            caption=escape_latex(caption) if caption else None,
                             position_float="centering")
     return latex.replace("±", r"$\pm$")
 

@@ -1,5 +1,5 @@
 """A suite's closing outputs: its tables (Table 4 layout for kNN/linear, Table 5 for transfer), printed
-and written to ``tables/``, and its plots in ``plots/``."""
+and written to ``tables/``, and its plots in ``plots/``; with ``study:``, the study's (suite/study.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +12,7 @@ from simsiam_eval.report.sweep import plot_epoch_sweep
 from simsiam_eval.suite.execute import SUITE_JOB_PART
 from simsiam_eval.suite.jobs import SUITE_JOB, Job
 from simsiam_eval.suite.spec import Suite
+from simsiam_eval.suite.study import write_study
 
 
 def epoch_sweeps(suite: Suite, records: list[dict]) -> list[Path]:
@@ -37,12 +38,8 @@ def current_records(records: list[dict], jobs: list[Job]) -> list[dict]:
             if keys & {(r.get("settings") or {}).get(SUITE_JOB), (r.get("settings") or {}).get(SUITE_JOB_PART)}]
 
 
-def write_outputs(suite: Suite, records: list[dict], jobs: list[Job]) -> list[Path]:
-    """Print the suite's tables (the records of its current jobs) and write them and its plots."""
-    records = current_records(records, jobs)
-    if not records:
-        print(f"suite {suite.name}: no records yet, no tables")
-        return []
+def comparison_outputs(suite: Suite, records: list[dict]) -> list[Path]:
+    """Print the comparison tables of ``records`` and write them, the plots and the epoch sweeps."""
     written = []
     for layout, table in comparison_tables(records, reference="none").items():
         print(f"\n## {table.title or layout}\n\n{to_markdown(table)}")
@@ -51,7 +48,20 @@ def write_outputs(suite: Suite, records: list[dict], jobs: list[Job]) -> list[Pa
         written += plot_run(suite.output_dir, records=records)
     except UserError as error:
         print(f"no plots: {one_line(error)}")
-    written += epoch_sweeps(suite, records)
+    return written + epoch_sweeps(suite, records)
+
+
+def write_outputs(suite: Suite, records: list[dict], jobs: list[Job]) -> list[Path]:
+    """Print the suite's tables (the records of its current jobs) and write them and its plots; then the
+    study's, which show the runs not yet recorded too."""
+    records = current_records(records, jobs)
+    if not records:
+        print(f"suite {suite.name}: no records yet, no tables")
+    written = comparison_outputs(suite, records) if records else []
+    if suite.study:
+        written += write_study(suite, records)
+    if not written:
+        return []
     shown = sorted({str(p.with_suffix("")) for p in written})
     print(f"\ntables and plots: {', '.join(shown)} (+ formats)")
     return written

@@ -19,7 +19,7 @@ from simsiam_eval.errors import UserError
 from simsiam_eval.suite.launchers import SlurmOptions
 
 TOP_KEYS = ("name", "output_dir", "results", "cache_dir", "checkpoints", "pretrain", "datasets", "evaluations",
-            "jobs", "launcher")
+            "jobs", "launcher", "study")
 CHECKPOINT_KEYS = ("name", "path", "glob", "random", "tags", "format")
 CHECKPOINT_SOURCES = ("path", "glob", "random")
 PRETRAIN_KEYS = ("name", "config", "overrides", "tags", "init")
@@ -98,6 +98,7 @@ class Suite:
     jobs: list[dict] | None
     overrides: tuple[str, ...] = field(default=())  # the key=value items it was read with
     launcher: SlurmOptions = field(default_factory=SlurmOptions)  # the Slurm options of --launcher slurm
+    study: Path | None = None  # a study file (suite/study.py): its tables and plots close the suite
 
 
 def _fail(path: Path, where: str, problem: str) -> UserError:
@@ -200,6 +201,21 @@ def _pretrain_runs(path: Path, entries: Any, output_dir: Path) -> list[PretrainR
     return runs
 
 
+def _study(path: Path, value: Any, runs: list[PretrainRun]) -> Path | None:
+    """The suite's study file (``study: NAME``, a path or a packaged name), each of whose variants must be
+    a pretraining run of the suite."""
+    if not value:
+        return None
+    from simsiam_eval.suite.study import read_study, resolve_study
+
+    study = resolve_study(str(value), path.parent)
+    missing = sorted({variant.name for variant in read_study(study)} - {run.name for run in runs})
+    if missing:
+        raise _fail(path, "study", f"{study} names variants that are not pretrain entries of the suite: "
+                                   f"{', '.join(missing)}")
+    return study
+
+
 def _datasets(path: Path, tree: Any) -> dict[str, dict[str, str]]:
     datasets = {}
     for name, raw in (tree or {}).items():
@@ -294,4 +310,5 @@ def read_suite(source: str | Path, overrides: Iterable[str] = ()) -> Suite:
                  cache_dir=str(tree.get("cache_dir") or ""), checkpoints=checkpoints, pretrain=runs,
                  datasets=datasets, evaluations=evaluations,
                  jobs=_explicit_jobs(path, tree.get("jobs"), set(names), evaluations), overrides=overrides,
-                 launcher=SlurmOptions.from_section(tree.get("launcher"), source=f"{path}: launcher"))
+                 launcher=SlurmOptions.from_section(tree.get("launcher"), source=f"{path}: launcher"),
+                 study=_study(path, tree.get("study"), runs))
