@@ -57,7 +57,7 @@ PRETRAIN_DEFAULTS = {
     },
     "monitor": {
         "collapse_ratio": 0.5,   # warn when std(z/|z|) is below this fraction of the way from the
-                                 # collapsed floor (2 sqrt(B-1)/B / sqrt(dim)) up to 1/sqrt(dim)
+                                 # collapsed floor (2/sqrt(B) / sqrt(dim), pretrain/collapse.py) up to 1/sqrt(dim)
     },
     "knn": {
         "every_n_epochs": 0,     # 0: no kNN monitor
