@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 
+from simsiam_eval.distributed import world
 from simsiam_eval.errors import UserError
 
 TARGET_KINDS = ("online", "alternation", "expectation", "momentum_encoder")
@@ -133,17 +134,19 @@ class MomentumEncoderTargets(OnlineTargets):
 
 def _gather_all(indices: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every process's (indices, z), rank 0's rows first (the processes see different images)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    size = world()[1]
+    if size == 1:
         return indices, z
-    gathered_indices = [torch.empty_like(indices) for _ in range(dist.get_world_size())]
-    gathered_z = [torch.empty_like(z) for _ in range(dist.get_world_size())]
+    gathered_indices = [torch.empty_like(indices) for _ in range(size)]
+    gathered_z = [torch.empty_like(z) for _ in range(size)]
     dist.all_gather(gathered_indices, indices)
     dist.all_gather(gathered_z, z)
     return torch.cat(gathered_indices), torch.cat(gathered_z)
 
 
 def _own_rows(local: int) -> slice:
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rows of :func:`_gather_all`'s result."""
+    rank = world()[0]
     return slice(rank * local, (rank + 1) * local)
 
 

@@ -50,10 +50,14 @@ def _strip_module(state_dict: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The SimSiam module inside a DistributedDataParallel wrapper (the model itself when unwrapped)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def official_state_dict(model: nn.Module) -> dict:
     """The model's state dict with the ``module.`` prefix the official (DDP) checkpoints carry."""
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
-    return {f"module.{k}": v for k, v in inner.state_dict().items()}
+    return {f"module.{k}": v for k, v in unwrap(model).state_dict().items()}
 
 
 class WithIndex(Dataset):
@@ -133,7 +137,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
     pre-computes them for each block of batches before the block's steps."""
     model.train()
     targets = targets or OnlineTargets()
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    inner = unwrap(model)
     device, use_amp = info.device, scaler.is_enabled()
     channels_last = cfg.channels_last and device.type == "cuda"
     totals = torch.zeros(2, device=device)
@@ -178,7 +182,7 @@ def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, 
     """kNN accuracy of the pool5 features of the encoder being trained."""
     from simsiam_eval.knn.monitor import run_knn_monitor as knn_monitor
 
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    inner = unwrap(model)
     return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, cfg.knn.image_size, amp=cfg.amp)
 
 
