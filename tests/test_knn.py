@@ -245,3 +245,48 @@ def test_preset_sets_k_and_temperature_unless_given_on_the_command_line():
     assert resolve("--preset", "dino", "temperature=0.5").temperature == 0.5
     with pytest.raises(UserError, match="unknown config key 'tempreature'"):
         resolve("tempreature=0.5")
+
+
+def collapsed_features(n: int, seed: int, dim: int = 16):
+    """A partly collapsed representation: half the rows all-zero (dead ReLU features), 30% one shared
+    vector, the rest distinct; labels from 10 classes."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, dim, generator=g).relu()
+    kind = torch.randint(10, (n,), generator=g)
+    features[kind < 5] = 0
+    features[(kind >= 5) & (kind < 8)] = torch.linspace(0.1, 1.0, dim)
+    return features, torch.randint(10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_collapsed_features_rank_like_numpy_and_compute_each_distinct_pair_once(backend, monkeypatch):
+    """Thousands of exactly tied neighbours (the stall of a partly collapsed run): the same neighbours,
+    similarities and votes as numpy's float64 brute force, with each distinct (query, row) pair
+    re-ranked at most once."""
+    train, train_labels = collapsed_features(3000, seed=7)
+    val, val_labels = collapsed_features(300, seed=8)
+    bank, queries = l2_normalize(train), l2_normalize(val)
+    pairs = []
+    counting = certify_module.exact_similarities
+
+    def counted(q, rows):
+        pairs.append(rows.shape[0] * rows.shape[1])
+        return counting(q, rows)
+
+    monkeypatch.setattr(certify_module, "exact_similarities", counted)
+    search = FaissSearch(bank, use_gpu=False) if backend == "faiss" else TorchSearch(bank)
+    sims, idx = nearest_neighbors(bank, queries, 200, search)
+    exact = queries.double().numpy() @ bank.double().numpy().T
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :200]
+    assert np.array_equal(idx.numpy(), order)
+    assert torch.equal(sims, counting(queries, bank[idx]))  # bit for bit what the first round computes
+    distinct_rows, distinct_queries = len(torch.unique(bank, dim=0)), len(torch.unique(queries, dim=0))
+    first_round = len(queries) * certify_module.candidate_count(200, len(bank))
+    assert sum(pairs) <= first_round + distinct_rows * distinct_queries < len(queries) * len(bank) / 4
+    result = knn_classify(train, train_labels, val, val_labels, ks=[20, 200], temperature=0.1, backend=backend)
+    for k in (20, 200):  # numpy's vote (numpy_knn would divide the zero rows by their zero norm)
+        scores = np.zeros((len(val), 10))
+        for q in range(len(val)):
+            np.add.at(scores[q], train_labels.numpy()[order[q, :k]], np.exp(exact[q, order[q, :k]] / 0.1))
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        assert same_predictions(result.rankings[k], torch.from_numpy(expected)), k

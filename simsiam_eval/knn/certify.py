@@ -3,8 +3,8 @@
 FAISS and torch compute float32 similarities that differ in the last bits. With a bound on that error
 (:func:`search_tolerance`), a query whose top classes could change under it (:func:`score_slack`,
 :func:`uncertain_votes`), or whose k-th neighbour could swap with the next one and matter, is
-re-ranked exactly (:func:`nearest_neighbors`: float64 similarities, ties -> lower training index,
-more candidates until the k boundary is safe).
+re-ranked exactly (:func:`nearest_neighbors`: float64 similarities, ties -> lower training index;
+where the k boundary is not safe within the candidates, a scan of the whole bank).
 """
 from __future__ import annotations
 
@@ -56,38 +56,94 @@ def nearest_neighbors(bank: torch.Tensor, queries: torch.Tensor, k: int, search=
     """The k nearest bank rows of each query: (similarities float64, indices), best first.
 
     ``bank`` and ``queries`` must be L2-normalised float32 (CPU). Candidates come from ``search``
-    (built from ``backend`` if not given), or for the first round from ``candidates`` (Q, m), the
-    result of an earlier search, best first; the result does not depend on the backend.
+    (built from ``backend`` if not given) or from ``candidates`` (Q, m), the result of an earlier
+    search, best first. A query whose k-th neighbour could tie with or lose to a row outside its
+    candidates is finished by :func:`_scan_bank`; the result does not depend on the backend.
     """
     n, dim = bank.shape
     k = min(k, n)
-    search = search or make_search(bank, backend)
     tol = search_tolerance(dim)
+    if candidates is None:
+        m = candidate_count(k, n)
+        search = search or make_search(bank, backend)
+        if search.max_k is not None and m > search.max_k:
+            search = TorchSearch(bank)  # e.g. the FAISS GPU k limit: carry on without a limit
+        candidates = search.search(queries, m)[1]
+    m = candidates.shape[1]
     out_sims = torch.empty(len(queries), k, dtype=torch.float64)
     out_idx = torch.empty(len(queries), k, dtype=torch.int64)
-    pending = torch.arange(len(queries))
-    m = candidates.shape[1] if candidates is not None else candidate_count(k, n)
-    while len(pending):
-        if candidates is None:
-            if search.max_k is not None and m > search.max_k:
-                search = TorchSearch(bank)  # e.g. the FAISS GPU k limit: carry on without a limit
-            candidates = search.search(queries[pending], m)[1]
-        unresolved = []
-        rows = max(1, REFINE_ELEMENTS // (m * dim))
-        for start in range(0, len(pending), rows):
-            block = pending[start:start + rows]
-            cand = candidates[start:start + rows]
-            sims = exact_similarities(queries[block], bank[cand])
-            top_sims, top_idx = _rank(cand, sims, k)
-            out_sims[block], out_idx[block] = top_sims, top_idx
-            if m < n:  # could a row outside the candidates tie with or beat the k-th neighbour?
-                # Backends return candidates best first, so the last one has the lowest search score,
-                # an upper bound (+ tol) on every other row's search score.
-                unsafe = sims[:, -1] + 2 * tol >= top_sims[:, -1]
-                unresolved.append(block[unsafe])
-        pending = torch.cat(unresolved) if unresolved else pending[:0]
-        m, candidates = min(n, 4 * m), None
+    unresolved = []
+    rows = max(1, REFINE_ELEMENTS // (m * dim))
+    for start in range(0, len(queries), rows):
+        block = torch.arange(start, min(start + rows, len(queries)))
+        cand = candidates[start:start + rows]
+        sims = exact_similarities(queries[block], bank[cand])
+        top_sims, top_idx = _rank(cand, sims, k)
+        out_sims[block], out_idx[block] = top_sims, top_idx
+        if m < n:  # could a row outside the candidates tie with or beat the k-th neighbour?
+            # Backends return candidates best first, so the last one has the lowest search score,
+            # an upper bound (+ tol) on every other row's search score.
+            unsafe = sims[:, -1] + 2 * tol >= top_sims[:, -1]
+            unresolved.append(block[unsafe])
+    pending = torch.cat(unresolved) if unresolved else torch.arange(0)
+    if len(pending):
+        # Every row of the exact top k scores at least (k-th exact similarity found so far) - tol.
+        out_sims[pending], out_idx[pending] = _scan_bank(bank, queries[pending], k, out_sims[pending, -1] - 2 * tol)
     return out_sims, out_idx
+
+
+def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of the first occurrence of each distinct row, ascending; the distinct row of every row)."""
+    _, group = torch.unique(x, dim=0, return_inverse=True)
+    first = torch.full((int(group.max()) + 1,), len(x)).scatter_reduce_(0, group, torch.arange(len(x)), "amin")
+    order = first.argsort()
+    renumber = torch.empty_like(order)
+    renumber[order] = torch.arange(len(order))
+    return first[order], renumber[group]
+
+
+def _scan_bank(bank: torch.Tensor, queries: torch.Tensor, k: int,
+               floors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top k of each query over the whole bank, re-ranking every row whose float32 score reaches
+    the query's floor (a lower bound on its k-th exact similarity, minus the search error).
+
+    Identical rows have identical exact similarities to a query, and identical queries identical
+    neighbours: each distinct (query, row) pair is computed once. On a collapsed representation, where
+    thousands of rows tie, the cost is that of its distinct rows, not of the bank times the queries.
+    """
+    dim = bank.shape[1]
+    rows, row_group = _distinct_rows(bank)
+    distinct = bank[rows]
+    group_sizes = torch.bincount(row_group, minlength=len(rows))
+    group_starts = group_sizes.cumsum(0) - group_sizes
+    members = row_group.argsort(stable=True)  # bank indices by distinct row, ascending within each
+    firsts, query_group = _distinct_rows(queries)
+    floors = torch.full((len(firsts),), math.inf, dtype=torch.float64).scatter_reduce_(
+        0, query_group, floors, "amin")
+    out_sims = torch.empty(len(firsts), k, dtype=torch.float64)
+    out_idx = torch.empty(len(firsts), k, dtype=torch.int64)
+    block = max(1, REFINE_ELEMENTS // len(distinct))
+    piece = max(1, REFINE_ELEMENTS // dim)
+    for start in range(0, len(firsts), block):
+        scores = queries[firsts[start:start + block]] @ distinct.T
+        for j, row_scores in enumerate(scores):
+            q = start + j
+            reached = (row_scores >= floors[q]).nonzero()[:, 0]  # ascending = by first bank index
+            sims = torch.cat([exact_similarities(queries[firsts[q]][None], distinct[reached[p:p + piece]][None])[0]
+                              for p in range(0, len(reached), piece)])
+            by_sim = sims.sort(descending=True, stable=True).indices
+            sims, groups = sims[by_sim], reached[by_sim]
+            covered = group_sizes[groups].cumsum(0)
+            if covered[-1] < k:
+                raise RuntimeError("kNN re-ranking: a float32 score fell outside search_tolerance's bound")
+            boundary = sims[torch.searchsorted(covered, k)]
+            groups, sims = groups[sims >= boundary], sims[sims >= boundary]  # every row tying with the k-th
+            counts = group_sizes[groups]
+            offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+            indices = members[torch.repeat_interleave(group_starts[groups], counts) + offsets]
+            top_sims, top_idx = _rank(indices[None], torch.repeat_interleave(sims, counts)[None], k)
+            out_sims[q], out_idx[q] = top_sims[0], top_idx[0]
+    return out_sims[query_group], out_idx[query_group]
 
 
 def score_slack(scores: torch.Tensor, sims: torch.Tensor, labels: torch.Tensor, k: int, n: int, tol: float,
