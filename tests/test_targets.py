@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from pretrain.loss import paired_views_loss
@@ -137,6 +139,34 @@ def test_moving_average_follows_its_formula():
     assert len(targets) == 2 and all(torch.allclose(t, torch.tensor([[1., 2., 3.]])) for t in targets)  # 0.8 a + 0.2 a
     with pytest.raises(Exception, match="average_momentum"):
         ExpectationTargets(2, 3, momentum=1.0, device=torch.device("cpu"))
+
+
+def _expectation_worker(rank: int, init_file: str, visits, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    eta = ExpectationTargets(num_images=6, dim=2, momentum=0.8, device=torch.device("cpu"), dtype=torch.float64)
+    returned = [eta.targets([z[rank]], [], indices[rank], 0)[0] for indices, z in visits]
+    results[rank] = (eta.eta.clone(), eta.seen.clone(), returned)
+    dist.destroy_process_group()
+
+
+def test_two_processes_share_one_moving_average(tmp_path):
+    """Each process sees other images; after every visit both hold the average over all of them, by hand."""
+    visits = [(torch.tensor([[0, 1], [2, 3]]), torch.tensor([[[1., 0.], [0., 1.]], [[2., 2.], [3., 3.]]],
+                                                            dtype=torch.float64)),
+              (torch.tensor([[2, 5], [1, 4]]), torch.tensor([[[8., 8.], [5., 5.]], [[4., 6.], [7., 7.]]],
+                                                            dtype=torch.float64))]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_expectation_worker, args=(str(tmp_path / "init"), visits, results), nprocs=2)
+        got = [results[0], results[1]]
+    # by hand: first visits take z; image 2 (rank 0's 2nd visit) 0.8 [2, 2] + 0.2 [8, 8] = [3.2, 3.2];
+    # image 1 (rank 1's 2nd visit) 0.8 [0, 1] + 0.2 [4, 6] = [0.8, 2.0]
+    expected = torch.tensor([[1., 0.], [0.8, 2.], [3.2, 3.2], [3., 3.], [7., 7.], [5., 5.]], dtype=torch.float64)
+    for rank in (0, 1):
+        eta, seen, returned = got[rank]
+        assert torch.allclose(eta, expected, atol=1e-12) and seen.all(), rank
+        assert torch.equal(returned[0], visits[0][1][rank])  # first visits: the targets are z
+        assert torch.allclose(returned[1], expected[visits[1][0][rank]], atol=1e-12)  # this process's own rows
 
 
 def test_expectation_step_trains_towards_the_per_image_average():
