@@ -87,8 +87,7 @@ def nearest_neighbors(bank: torch.Tensor, queries: torch.Tensor, k: int, search=
             unresolved.append(block[unsafe])
     pending = torch.cat(unresolved) if unresolved else torch.arange(0)
     if len(pending):
-        # Every row of the exact top k scores at least (k-th exact similarity found so far) - tol.
-        out_sims[pending], out_idx[pending] = _scan_bank(bank, queries[pending], k, out_sims[pending, -1] - 2 * tol)
+        out_sims[pending], out_idx[pending] = _scan_bank(bank, queries[pending], k)
     return out_sims, out_idx
 
 
@@ -102,47 +101,57 @@ def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first[order], renumber[group]
 
 
-def _scan_bank(bank: torch.Tensor, queries: torch.Tensor, k: int,
-               floors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top k of each query over the whole bank, re-ranking every row whose float32 score reaches
-    the query's floor (a lower bound on its k-th exact similarity, minus the search error).
+def float64_error(dim: int) -> float:
+    """How far any float64 dot product of two unit float32 vectors may be from the real value.
 
-    Identical rows have identical exact similarities to a query, and identical queries identical
-    neighbours: each distinct (query, row) pair is computed once. On a collapsed representation, where
-    thousands of rows tie, the cost is that of its distinct rows, not of the bank times the queries.
+    The products are exact in float64; each of the D - 1 additions errs by at most 2^-53 of a running
+    sum bounded by sum |x_i y_i| <= 1, whatever the order (a BLAS kernel's or a reduction's).
+    """
+    return dim * 2.0 ** -53
+
+
+def _scan_bank(bank: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top k of each query over the whole bank.
+
+    A float64 matmul scores every row; the best rows by score that hold k bank rows have exact
+    similarities >= (their lowest score) - e, where e = 2 float64_error bounds |score - exact|, so every
+    row of the exact top k scores >= that - 2e: only those rows are re-ranked by
+    :func:`exact_similarities`. Identical rows have identical exact similarities to a query, and
+    identical queries identical neighbours: each distinct (query, row) pair is computed once, so a
+    collapsed representation, where thousands of rows tie, costs what its distinct rows cost.
     """
     dim = bank.shape[1]
+    margin = 4 * float64_error(dim)
     rows, row_group = _distinct_rows(bank)
     distinct = bank[rows]
     group_sizes = torch.bincount(row_group, minlength=len(rows))
     group_starts = group_sizes.cumsum(0) - group_sizes
     members = row_group.argsort(stable=True)  # bank indices by distinct row, ascending within each
     firsts, query_group = _distinct_rows(queries)
-    floors = torch.full((len(firsts),), math.inf, dtype=torch.float64).scatter_reduce_(
-        0, query_group, floors, "amin")
     out_sims = torch.empty(len(firsts), k, dtype=torch.float64)
     out_idx = torch.empty(len(firsts), k, dtype=torch.int64)
     block = max(1, REFINE_ELEMENTS // len(distinct))
     piece = max(1, REFINE_ELEMENTS // dim)
     for start in range(0, len(firsts), block):
-        scores = queries[firsts[start:start + block]] @ distinct.T
-        for j, row_scores in enumerate(scores):
-            q = start + j
-            reached = (row_scores >= floors[q]).nonzero()[:, 0]  # ascending = by first bank index
-            sims = torch.cat([exact_similarities(queries[firsts[q]][None], distinct[reached[p:p + piece]][None])[0]
+        block_queries = queries[firsts[start:start + block]]
+        scores = torch.cat([block_queries.double() @ distinct[p:p + piece].double().T
+                            for p in range(0, len(distinct), piece)], dim=1)
+        best, best_rows = scores.topk(min(k, len(distinct)), dim=1)  # enough distinct rows to hold k bank rows
+        held = group_sizes[best_rows].cumsum(1)
+        lowest = best.gather(1, (held < k).sum(1, keepdim=True))
+        for j, query in enumerate(block_queries):
+            reached = (scores[j] >= lowest[j] - margin).nonzero()[:, 0]  # ascending = by first bank index
+            sims = torch.cat([exact_similarities(query[None], distinct[reached[p:p + piece]][None])[0]
                               for p in range(0, len(reached), piece)])
             by_sim = sims.sort(descending=True, stable=True).indices
             sims, groups = sims[by_sim], reached[by_sim]
-            covered = group_sizes[groups].cumsum(0)
-            if covered[-1] < k:
-                raise RuntimeError("kNN re-ranking: a float32 score fell outside search_tolerance's bound")
-            boundary = sims[torch.searchsorted(covered, k)]
+            boundary = sims[torch.searchsorted(group_sizes[groups].cumsum(0), k)]
             groups, sims = groups[sims >= boundary], sims[sims >= boundary]  # every row tying with the k-th
             counts = group_sizes[groups]
             offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
             indices = members[torch.repeat_interleave(group_starts[groups], counts) + offsets]
             top_sims, top_idx = _rank(indices[None], torch.repeat_interleave(sims, counts)[None], k)
-            out_sims[q], out_idx[q] = top_sims[0], top_idx[0]
+            out_sims[start + j], out_idx[start + j] = top_sims[0], top_idx[0]
     return out_sims[query_group], out_idx[query_group]
 
 

@@ -6,8 +6,11 @@ Each method runs in its own process on the same synthetic features (100k x 512 b
 process minus its RSS once the features are loaded). All methods compute the same weighted vote
 (exp(sim/T), k=200, T=0.1); the script also checks that they predict the same classes. Our methods
 also print their search and vote time and how many queries the certified vote re-ranked exactly.
+``--collapsed`` makes the features of a partly collapsed run (half the rows all-zero, 30% one shared
+vector): thousands of exact ties at every k boundary, the worst case of the exact re-ranking (where the
+other methods break ties arbitrarily, their predictions may differ there).
 
-    python tools/benchmarks/knn_speed.py [--bank 100000] [--queries 10000] [--dim 512]
+    python tools/benchmarks/knn_speed.py [--bank 100000] [--queries 10000] [--dim 512] [--collapsed]
 """
 from __future__ import annotations
 
@@ -24,11 +27,15 @@ import torch
 METHODS = ("ours-faiss", "ours-torch", "naive-torch", "sklearn")
 
 
-def synthetic(bank: int, queries: int, dim: int, classes: int, seed: int = 0):
+def synthetic(bank: int, queries: int, dim: int, classes: int, collapsed: bool = False, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(classes, dim, generator=g)
     labels = torch.randint(classes, (bank + queries,), generator=g)
     feats = centres[labels] + 6.0 * torch.randn(bank + queries, dim, generator=g)
+    if collapsed:
+        kind = torch.randint(10, (bank + queries,), generator=g)
+        feats[kind < 5] = 0.0
+        feats[(kind >= 5) & (kind < 8)] = centres[0]
     return feats[:bank], labels[:bank], feats[bank:], labels[bank:]
 
 
@@ -61,7 +68,7 @@ def sklearn_knn(train, train_labels, val, k, temperature):
 
 
 def run_one(method: str, args) -> dict:
-    train, train_labels, val, val_labels = synthetic(args.bank, args.queries, args.dim, args.classes)
+    train, train_labels, val, val_labels = synthetic(args.bank, args.queries, args.dim, args.classes, args.collapsed)
     base = rss_mb()
     start = time.perf_counter()
     detail = ""
@@ -92,6 +99,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100, help="classes (default %(default)s)")
     parser.add_argument("--k", type=int, default=200, help="neighbours (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=0.1, help="T (default %(default)s)")
+    parser.add_argument("--collapsed", action="store_true",
+                        help="features of a partly collapsed run: half zero, 30%% one shared vector")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="what to run")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per method, interleaved; the fastest counts (on a shared machine)")
@@ -102,7 +111,9 @@ def main() -> None:
         return
     passthrough = [f"--bank={args.bank}", f"--queries={args.queries}", f"--dim={args.dim}",
                    f"--classes={args.classes}", f"--k={args.k}", f"--temperature={args.temperature}"]
-    print(f"kNN benchmark: bank {args.bank} x {args.dim}, {args.queries} queries, k={args.k}, T={args.temperature}, "
+    passthrough += ["--collapsed"] if args.collapsed else []
+    print(f"kNN benchmark: bank {args.bank} x {args.dim}{' (collapsed)' if args.collapsed else ''}, "
+          f"{args.queries} queries, k={args.k}, T={args.temperature}, "
           f"{torch.get_num_threads()} threads")
     results = {}
     for _ in range(args.repeat):
