@@ -179,11 +179,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
 
 
 def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, float]:
-    """kNN accuracy of the pool5 features of the encoder being trained."""
+    """kNN accuracy of the pool5 features of the encoder being trained.
+
+    Every random generator is restored afterwards (the monitor's data loaders draw their seeds from
+    torch's): a run with the monitor trains exactly as the same run without it."""
     from simsiam_eval.knn.monitor import run_knn_monitor as knn_monitor
 
     inner = unwrap(model)
-    return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, cfg.knn.image_size, amp=cfg.amp)
+    state = rng_state()
+    try:
+        return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, cfg.knn.image_size, amp=cfg.amp)
+    finally:
+        set_rng_state(state)
 
 
 def _warn_if_collapsed(info: DistInfo, std: float, cfg: Config, batch: int) -> None:

@@ -1,4 +1,5 @@
-"""The kNN monitor inside ``train()``: its metrics.jsonl value is what ``knn`` gives on that epoch's checkpoint."""
+"""The kNN monitor inside ``train()``: its metrics.jsonl value is what ``knn`` gives on that epoch's checkpoint,
+and switching it on does not change the training run."""
 from __future__ import annotations
 
 import json
@@ -26,12 +27,17 @@ def checkpoints_by_epoch(output_dir: Path) -> dict[int, Path]:
             for path in list_checkpoints(output_dir)}
 
 
-def test_monitor_value_equals_knn_on_the_checkpoint_of_that_epoch(shapes_root, tmp_path):
+def monitored_run(shapes_root: Path, output_dir: Path, every_n_epochs: int):
     data = f"shapes:{shapes_root}"
     cfg = load_config("pretrain/shapes_cpu", PRETRAIN_DEFAULTS, [
-        f"output_dir={tmp_path / 'run'}", f"data.train={data}@train", f"knn.train={data}@train",
-        f"knn.val={data}@val", "knn.every_n_epochs=1", "knn.image_size=0", "epochs=2", *TINY])
+        f"output_dir={output_dir}", f"data.train={data}@train", f"knn.train={data}@train",
+        f"knn.val={data}@val", f"knn.every_n_epochs={every_n_epochs}", "knn.image_size=0", "epochs=2", *TINY])
     train(cfg)
+    return cfg
+
+
+def test_monitor_value_equals_knn_on_the_checkpoint_of_that_epoch(shapes_root, tmp_path):
+    cfg = monitored_run(shapes_root, tmp_path / "run", every_n_epochs=1)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     monitored = {line["epoch"]: (line["knn_top1"], line["knn_top5"]) for line in lines}
     checkpoints = checkpoints_by_epoch(tmp_path / "run")
@@ -46,3 +52,14 @@ def test_monitor_value_equals_knn_on_the_checkpoint_of_that_epoch(shapes_root, t
             epoch
     first, last = (monitored[e][0] for e in (1, 2))
     print(f"\nmonitor kNN top-1 (k {cfg.knn.k}, T {cfg.knn.temperature}): epoch 1 {first:.2f}%, epoch 2 {last:.2f}%")
+
+
+def test_the_monitor_leaves_training_bit_identical(shapes_root, tmp_path):
+    """The monitor's loaders draw seeds from torch's generator; unless it is restored, every later
+    augmentation (and so every weight) differs from the run without the monitor."""
+    for every in (1, 0):
+        monitored_run(shapes_root, tmp_path / f"every{every}", every_n_epochs=every)
+    with_monitor, without = (torch.load(checkpoints_by_epoch(tmp_path / f"every{every}")[2], map_location="cpu",
+                                        weights_only=True)["state_dict"] for every in (1, 0))
+    assert with_monitor.keys() == without.keys()
+    assert all(torch.equal(with_monitor[key], without[key]) for key in without)
