@@ -131,7 +131,8 @@ def _to_device(views, device: torch.device, channels_last: bool) -> list[torch.T
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg: Config, info: DistInfo,
                     epoch: int, lr: float, metrics: MetricsLog | None,
                     targets: OnlineTargets | None = None) -> dict[str, float]:
-    """One pass over the data; returns mean loss, mean collapse std and throughput (all processes).
+    """One pass over the data; returns mean loss, mean and median collapse std of its batches, and
+    throughput (all processes; the median is each process's, averaged over processes).
 
     ``targets`` (default: SimSiam's own z) gives each step's targets; for the multi-step alternation it
     pre-computes them for each block of batches before the block's steps."""
@@ -141,6 +142,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
     device, use_amp = info.device, scaler.is_enabled()
     channels_last = cfg.channels_last and device.type == "cuda"
     totals = torch.zeros(2, device=device)
+    batch_stds = []
     steps, images, start = 0, 0, time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
@@ -161,7 +163,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
             scaler.step(optimizer)
             scaler.update()
             targets.after_step(inner.encoder, epoch * len(loader) + steps)
-            totals += torch.stack([loss.detach(), collapse_std(zs[0])])
+            batch_stds.append(collapse_std(zs[0]))
+            totals += torch.stack([loss.detach(), batch_stds[-1]])
             steps += 1
             images += xs[0].shape[0] * info.world_size
             bar.update(1)
@@ -174,8 +177,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
                                     epoch * len(loader) + steps, prefix="train_iter/")
     bar.close()
     seconds = time.perf_counter() - start
-    mean_loss, mean_std = all_reduce_mean(totals / max(steps, 1)).tolist()
-    return {"loss": mean_loss, "collapse_std": mean_std, "images_per_sec": images / seconds, "seconds": seconds}
+    median_std = torch.stack(batch_stds).quantile(0.5) if batch_stds else torch.zeros((), device=device)
+    mean_loss, mean_std, median_std = all_reduce_mean(torch.cat([totals / max(steps, 1), median_std[None]])).tolist()
+    return {"loss": mean_loss, "collapse_std": mean_std, "collapse_std_median": median_std,
+            "images_per_sec": images / seconds, "seconds": seconds}
 
 
 def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, float]:
@@ -204,7 +209,8 @@ def _warn_if_collapsed(info: DistInfo, std: float, cfg: Config, batch: int) -> N
 
 def _epoch_line(record: dict, epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  lr {record['lr']:.4g}  "
-            f"collapse std {record['collapse_std']:.4f} (healthy ~{record['collapse_reference']:.4f})  "
+            f"collapse std {record['collapse_std']:.4f} (median batch {record['collapse_std_median']:.4f}, "
+            f"healthy ~{record['collapse_reference']:.4f})  "
             f"{record['images_per_sec']:.1f} img/s")
     if "knn_top1" in record:
         line += f"  kNN top-1 {record['knn_top1']:.2f}%"

@@ -58,3 +58,26 @@ def test_without_stop_gradient_training_collapses(shapes_300, tmp_path, capsys):
     assert collapsed["collapse_std"] < collapse_threshold(dim, batch, 0.5)  # near the floor, not near 1/sqrt(d)
     assert collapsed["loss"] < -0.85  # heading for the trivial minimum -1
     assert "COLLAPSED" in collapsed_log and "COLLAPSED" not in healthy_log
+
+
+def test_epoch_record_holds_the_mean_and_median_of_its_batches_std(shapes_300, tmp_path, monkeypatch):
+    """The epoch's collapse_std is the mean and collapse_std_median the median of the per-batch values
+    (recorded here by wrapping the monitor's function; 300 images, batch 24: 12 batches)."""
+    import pretrain.train
+
+    seen = []
+
+    def recording(z):
+        value = collapse_std(z)
+        seen.append(value.item())
+        return value
+
+    monkeypatch.setattr(pretrain.train, "collapse_std", recording)
+    assert main(["pretrain", "pretrain/shapes_cpu", f"output_dir={tmp_path}", f"data.train=shapes:{shapes_300}@train",
+                 "knn.every_n_epochs=0", "epochs=1", "batch_size=24", "data.image_size=16", "model.width=8",
+                 "model.dim=64", "model.pred_dim=16", "workers=0", "progress=false", "tensorboard=false"]) == 0
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(seen) == 300 // 24
+    assert record["collapse_std"] == pytest.approx(sum(seen) / len(seen), rel=1e-6)
+    middle = sorted(seen)[len(seen) // 2 - 1:len(seen) // 2 + 1]  # 12 values: the mean of the middle two
+    assert record["collapse_std_median"] == pytest.approx(sum(middle) / 2, rel=1e-6)

@@ -125,15 +125,18 @@ def study_suite(tmp_path: Path) -> Suite:
     return read_suite(write_suite(tmp_path, ["A", "B", "C", "D"], "mini.csv"))  # relative to the suite file
 
 
-def fake_run(suite: Suite, name: str, stds: list[float], losses: list[float], knn: list[float] | None = None) -> None:
+def fake_run(suite: Suite, name: str, stds: list[float], losses: list[float], knn: list[float] | None = None,
+             medians: list[float] | None = None) -> None:
     """The run folder pretraining writes: its config.yaml and one metrics.jsonl line per epoch
-    (std given x sqrt(d)), and a line without an epoch."""
+    (std and median batch std given x sqrt(d); a log without medians is an older one), and a line without
+    an epoch."""
     run = next(r for r in suite.pretrain if r.name == name)
     folder = Path(run.config.output_dir)
     folder.mkdir(parents=True)
     save_config(run.config, folder / "config.yaml")
     rows = [{"epoch": e, "lr": 0.1, "collapse_reference": 1 / ROOT_D, "loss": loss, "collapse_std": std / ROOT_D,
-             "images_per_sec": 100.0, "seconds": 1.0, **({"knn_top1": knn[e - 1]} if knn else {})}
+             "images_per_sec": 100.0, "seconds": 1.0, **({"knn_top1": knn[e - 1]} if knn else {}),
+             **({"collapse_std_median": medians[e - 1] / ROOT_D} if medians else {})}
             for e, (std, loss) in enumerate(zip(stds, losses), 1)]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"note": "no epoch"}\n')
 
@@ -159,7 +162,7 @@ def test_study_tables_and_figures(tmp_path, capsys):
     against the paper's 'collapses'; C has no kNN record and stopped at epoch 2 of 3; D has no run."""
     suite = study_suite(tmp_path)
     fake_run(suite, "A", [0.8, 0.85, 0.9], [-0.5, -0.8, -0.9], knn=[30.0, 40.0, 50.0])
-    fake_run(suite, "B", [0.5, 0.3, 0.3], [-0.9, -0.97, -0.99], knn=[25.0, 22.0, 20.0])
+    fake_run(suite, "B", [0.5, 0.3, 0.3], [-0.9, -0.97, -0.99], knn=[25.0, 22.0, 20.0], medians=[0.5, 0.26, 0.25])
     fake_run(suite, "C", [0.9, 0.9], [-0.2, -0.3])
     other = build_record("knn", {"top1": 99.0}, {"path": "elsewhere/checkpoint_0002.pth.tar"}, {}, {}, 0.0, 1.0, name="x")
     written = write_study(suite, [knn_record(suite, "A", 61.25), knn_record(suite, "B", 20.0), other])
@@ -169,12 +172,14 @@ def test_study_tables_and_figures(tmp_path, capsys):
     assert fig2["A"]["kNN top-1 (ours)"] == "61.2" and fig2["A"]["our verdict"] == "works"
     assert fig2["A"]["collapse std x sqrt(d) (final epoch)"] == "0.900" and fig2["A"]["final loss"] == "-0.900"
     assert (fig2["B"]["our verdict"], fig2["B"]["agrees"], fig2["B"]["paper top-1"]) == ("collapses", "yes", "0.1")
-    assert fig2["B"]["collapse std x sqrt(d) (final epoch)"] == "0.300"
+    assert fig2["B"]["collapse std x sqrt(d) (final epoch)"] == "0.300" and fig2["B"]["median batch"] == "0.250"
+    assert fig2["A"]["median batch"] == "-"  # a log from before the median was recorded
     assert (table1["C"]["our verdict"], table1["C"]["agrees"]) == ("does not converge", "no")
     assert table1["C"]["kNN top-1 (ours)"] == "not run"
     assert table1["D"] == {"variant": "D", "paper setting": "(d) unstable", "paper top-1": "-",
                            "paper verdict": "does not converge", "kNN top-1 (ours)": "not run",
-                           "collapse std x sqrt(d) (final epoch)": "not run", "final loss": "not run",
+                           "collapse std x sqrt(d) (final epoch)": "not run", "median batch": "not run",
+                           "final loss": "not run",
                            "our verdict": "not run", "agrees": "not run"}
     out = capsys.readouterr().out
     assert "## Fig. 2: stop-gradient" in out and "## Table 1: predictor" in out

@@ -49,7 +49,7 @@ EXPERIMENT_TITLES = {
     "expectation": "Sec. 5: expectation over augmentations", "momentum": "Sec. 6 / Fig. 3: momentum encoder"}
 CURVES_EXPERIMENT = "fig2"  # drawn as curves over epochs; the other experiments as bars
 TABLE_COLUMNS = ("variant", "paper setting", "paper top-1", "paper verdict", "kNN top-1 (ours)",
-                 "collapse std x sqrt(d) (final epoch)", "final loss", "our verdict", "agrees")
+                 "collapse std x sqrt(d) (final epoch)", "median batch", "final loss", "our verdict", "agrees")
 PAPER_LABEL = "paper, ImageNet linear 100 ep"
 PAPER_OFFSET = 0.4  # the paper's marker beside its bar, clear of the verdict label on top of the bar
 
@@ -157,9 +157,11 @@ def chance_level(record: Mapping) -> float | None:
     return 100.0 / classes if classes else None
 
 
-def collapse_level(log: RunLog) -> float:
-    """The last epoch's collapse std x sqrt(d): ~1 healthy, collapsed_floor(batch) collapsed."""
-    return log.last["collapse_std"] * math.sqrt(log.setting("model.dim"))
+def collapse_level(log: RunLog, key: str = "collapse_std") -> float | None:
+    """The last epoch's collapse std x sqrt(d) (``key``: the mean over its batches, or
+    ``collapse_std_median``): ~1 healthy, collapsed_floor(batch) collapsed; None if not logged."""
+    value = log.last.get(key)
+    return None if value is None or pd.isna(value) else value * math.sqrt(log.setting("model.dim"))
 
 
 def reference_levels(dim: int, batch: int) -> tuple[float, float]:
@@ -172,19 +174,22 @@ def _number(value: float | None, decimals: int, missing: str = NOT_RUN) -> str:
     return missing if value is None else f"{value:.{decimals}f}"
 
 
-def run_cells(log: RunLog | None) -> tuple[str, str, str]:
-    """A run's collapse std x sqrt(d) and loss of its last epoch, and our verdict; ``not run`` without it."""
+def run_cells(log: RunLog | None) -> tuple[str, str, str, str]:
+    """A run's collapse std x sqrt(d) (mean and median over the last epoch's batches; ``-`` for a log
+    older than the median) and loss of its last epoch, and our verdict; ``not run`` without it."""
     if log is None:
-        return NOT_RUN, NOT_RUN, NOT_RUN
-    return _number(collapse_level(log), 3), _number(log.last["loss"], 3), run_verdict(log.config, log.last)
+        return NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN
+    return (_number(collapse_level(log), 3), _number(collapse_level(log, "collapse_std_median"), 3, "-"),
+            _number(log.last["loss"], 3), run_verdict(log.config, log.last))
 
 
 def table_row(variant: Variant, log: RunLog | None, record: Mapping | None) -> dict[str, str]:
     """One variant: the paper's setting, top-1 and verdict beside our run's."""
-    collapse, loss, verdict = run_cells(log)
+    collapse, median, loss, verdict = run_cells(log)
     agrees = NOT_RUN if verdict == NOT_RUN else "yes" if verdict == variant.paper_verdict else "no"
     cells = (variant.name, variant.paper_setting, _number(variant.paper_top1, 1, "-"), variant.paper_verdict,
-             _number(record["metrics"]["top1"] if record else None, 1), collapse, loss, verdict, agrees)
+             _number(record["metrics"]["top1"] if record else None, 1), collapse, median, loss, verdict,
+             agrees)
     return dict(zip(TABLE_COLUMNS, cells))
 
 
@@ -197,7 +202,9 @@ def table_notes(variants: list[Variant], logs: Mapping[str, RunLog | None],
              f"(chance level: {', '.join(chances) or 'unknown'})",
              f"our verdict (last epoch): collapses below the run's collapse threshold (monitor.collapse_ratio of the way "
              f"from the collapsed floor 2/sqrt(batch) up to 1, x 1/sqrt(d)); does not converge with a non-finite "
-             f"loss or a cosine loss above {COSINE_CONVERGED_LOSS:g}; else works"]
+             f"loss or a cosine loss above {COSINE_CONVERGED_LOSS:g}; else works",
+             "collapse std: the mean over the last epoch's batches; median batch: their median (a batch collapsed "
+             "onto one point but for the one image its output BatchNorm forces away reads the floor 2/sqrt(batch))"]
     for name in dict.fromkeys(v.name for v in variants):
         log = logs[name]
         if log and log.epochs.index[-1] < log.setting("epochs"):
