@@ -31,6 +31,7 @@ from simsiam_eval.models import pool5
 from simsiam_eval.precision import precision_name, uses_amp
 
 CACHE_FORMAT = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container, which torch.load can memory-map
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # A bad entry: what a damaged file raises (simsiam_eval.errors), or TypeError for one that is not a dict.
 UNREADABLE_CACHE_ERRORS = (*UNREADABLE_FILE_ERRORS, TypeError)
@@ -38,7 +39,10 @@ UNREADABLE_CACHE_ERRORS = (*UNREADABLE_FILE_ERRORS, TypeError)
 
 @dataclass
 class FeatureSet:
-    """Features (N, D) float32 on the CPU, labels (N,) int64, and the class names of the data set."""
+    """Features (N, D) on the CPU, labels (N,) int64, and the class names of the data set.
+
+    Features are float32, or as the cache stores them (float16 with ``cache_dtype`` float16),
+    memory-mapped from the cache file: a consumer converts what it needs (kNN shard by shard)."""
 
     features: torch.Tensor
     labels: torch.Tensor
@@ -142,7 +146,8 @@ class FeatureCache:
         return self.root / f"{key}.pt"
 
     def load(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(features float32, labels) of ``key``, or None when the entry is missing or unreadable.
+        """(features as stored, memory-mapped; labels) of ``key``, or None when the entry is missing or
+        unreadable. Mapped, an ImageNet-size entry (1.28M x 2048) costs no memory until it is read.
 
         An unreadable entry (truncated, damaged, not ours, missing fields) is recomputed, never trusted;
         a line on stderr says which file was discarded and why.
@@ -151,13 +156,18 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            with open(path, "rb") as head:
+                mapped = head.read(4) == ZIP_MAGIC  # anything else is read (and refused) without mapping
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
             features, labels = blob["features"], blob["labels"]
+            if not (isinstance(features, torch.Tensor) and features.is_floating_point() and features.ndim == 2
+                    and isinstance(labels, torch.Tensor) and labels.shape == features.shape[:1]):
+                raise TypeError("features (N, D) float and labels (N,) expected")
         except UNREADABLE_CACHE_ERRORS as exc:
             print(f"feature cache: discarded {path} ({type(exc).__name__}: {one_line(exc)}); recomputing",
                   file=sys.stderr, flush=True)
             return None
-        return features.float(), labels
+        return features, labels
 
     def save(self, key: str, features: torch.Tensor, labels: torch.Tensor, description: dict) -> None:
         blob = {"format": CACHE_FORMAT, "features": features.to(CACHE_DTYPES[self.dtype]),

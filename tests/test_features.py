@@ -52,7 +52,8 @@ def test_cache_is_reused_and_keyed_by_model_data_and_transform(shapes_root, back
 
     monkeypatch.setattr(features_module, "extract_features", no_extraction)
     again = dataset_features(backbone, spec, eval_transform(32), CPU, model_id="ckpt-a", cache=cache, workers=0)
-    assert torch.equal(again.features, first.features) and torch.equal(again.labels, first.labels)
+    assert again.features.dtype == torch.float16  # as stored (memory-mapped), not converted on reading
+    assert torch.equal(again.features.float(), first.features) and torch.equal(again.labels, first.labels)
     for changed in ({"model_id": "ckpt-b"}, {"transform": eval_transform(24)},
                     {"spec": f"shapes:{shapes_root}@train"}, {"view_seed": 3}):
         kwargs = {"spec": spec, "transform": eval_transform(32), "model_id": "ckpt-a", **changed}

@@ -9,7 +9,7 @@ from simsiam_eval.commands._evaluation import add_evaluation_flags, evaluation_c
 
 def register(subparsers) -> None:
     from simsiam_eval.config import describe_keys
-    from simsiam_eval.knn.defaults import BACKENDS, KNN_DEFAULTS, PRESETS, WEIGHTINGS
+    from simsiam_eval.knn.defaults import BACKENDS, KNN_DEFAULTS, PRESETS, SEARCH_PRECISIONS, WEIGHTINGS
 
     presets = "; ".join(f"{name}: k {v['k']}, T {v['temperature']}"
                         + (f", {v['interpolation']} resize" if "interpolation" in v else "")
@@ -31,6 +31,10 @@ def register(subparsers) -> None:
                                                                   "--k/--temperature still win")
     parser.add_argument("--weighting", choices=WEIGHTINGS, help="exp(sim/T) weights or a uniform vote")
     parser.add_argument("--backend", choices=BACKENDS, help="neighbour search (auto: FAISS when installed)")
+    parser.add_argument("--search-precision", choices=SEARCH_PRECISIONS,
+                        help="precision of the candidate matmul: bfloat16 on CPUs with AVX512-BF16/AMX, float16 "
+                             "on GPUs; candidates are re-scored in float32 and certified, so predictions are "
+                             "those of float32 (default float32)")
     parser.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ FAISS and torch compute float32 similarities that differ in the last bits. With 
 (:func:`search_tolerance`), a query whose top classes could change under it (:func:`score_slack`,
 :func:`uncertain_votes`), or whose k-th neighbour could swap with the next one and matter, is
 re-ranked exactly (:func:`nearest_neighbors`: float64 similarities, ties -> lower training index;
-where the k boundary is not safe within the candidates, a scan of the whole bank).
+where the k boundary is not safe within the candidates, a scan of the whole bank, shard by shard).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from simsiam_eval.knn.bank import FeatureBank, as_bank
 from simsiam_eval.knn.search import TorchSearch, make_search
 
 REFINE_ELEMENTS = 1 << 24  # float64 re-ranking block = 16M values (128 MB per float64 copy)
@@ -51,16 +52,18 @@ def candidate_count(k: int, n: int) -> int:
     return min(n, k + max(16, k // 4))
 
 
-def nearest_neighbors(bank: torch.Tensor, queries: torch.Tensor, k: int, search=None, backend: str = "auto",
-                      candidates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbors(bank: torch.Tensor | FeatureBank, queries: torch.Tensor, k: int, search=None,
+                      backend: str = "auto", candidates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest bank rows of each query: (similarities float64, indices), best first.
 
-    ``bank`` and ``queries`` must be L2-normalised float32 (CPU). Candidates come from ``search``
+    ``bank`` is a FeatureBank or L2-normalised float32 rows; ``queries`` L2-normalised float32 (CPU).
+    Candidates come from ``search``
     (built from ``backend`` if not given) or from ``candidates`` (Q, m), the result of an earlier
     search, best first. A query whose k-th neighbour could tie with or lose to a row outside its
     candidates is finished by :func:`_scan_bank`; the result does not depend on the backend.
     """
-    n, dim = bank.shape
+    bank = as_bank(bank)
+    n, dim = len(bank), bank.dim
     k = min(k, n)
     tol = search_tolerance(dim)
     if candidates is None:
@@ -77,7 +80,7 @@ def nearest_neighbors(bank: torch.Tensor, queries: torch.Tensor, k: int, search=
     for start in range(0, len(queries), rows):
         block = torch.arange(start, min(start + rows, len(queries)))
         cand = candidates[start:start + rows]
-        sims = exact_similarities(queries[block], bank[cand])
+        sims = exact_similarities(queries[block], bank.rows(cand))
         top_sims, top_idx = _rank(cand, sims, k)
         out_sims[block], out_idx[block] = top_sims, top_idx
         if m < n:  # could a row outside the candidates tie with or beat the k-th neighbour?
@@ -87,8 +90,24 @@ def nearest_neighbors(bank: torch.Tensor, queries: torch.Tensor, k: int, search=
             unresolved.append(block[unsafe])
     pending = torch.cat(unresolved) if unresolved else torch.arange(0)
     if len(pending):
-        out_sims[pending], out_idx[pending] = _scan_bank(bank, queries[pending], k)
+        out_sims[pending], out_idx[pending] = scan_bank(bank, queries[pending], k)
     return out_sims, out_idx
+
+
+def scan_bank(bank: FeatureBank, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top k of each query over the whole bank, shard by shard: the exact top k of each shard
+    (:func:`_scan_bank`), merged. Exact similarities do not depend on where a row is read, and ties go
+    to the lower bank index in each shard and in the merge, so the merge is the whole bank's top k."""
+    best = None
+    for start, shard in bank.shards():
+        sims, idx = _scan_bank(shard, queries, min(k, len(shard)))
+        if best is not None:
+            sims, idx = torch.cat([best[0], sims], 1), torch.cat([best[1], idx + start], 1)
+            sims, idx = _rank(idx, sims, k)
+        else:
+            idx = idx + start
+        best = sims, idx
+    return best
 
 
 def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

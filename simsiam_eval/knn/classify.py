@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 
 from simsiam_eval.errors import UserError
+from simsiam_eval.knn.bank import FeatureBank
+from simsiam_eval.knn.reduced import ReducedPrecisionSearch
 from simsiam_eval.knn.certify import (REFINE_ELEMENTS, candidate_count, nearest_neighbors, score_slack,
                                       search_tolerance, uncertain_votes)
 from simsiam_eval.knn.search import TorchSearch, make_search
@@ -26,6 +28,7 @@ class KnnResult:
     backend: str
     num_classes: int
     reranked: int  # queries re-ranked exactly because float32 error could have changed their vote
+    searched_again: int = 0  # queries the reduced-precision search handed to the float32 search
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -46,8 +49,15 @@ def _check_inputs(train_features, train_labels, val_features, val_labels, ks) ->
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
                  val_labels: torch.Tensor, ks: Sequence[int] = (200,), temperature: float = 0.1,
                  weighting: str = "exp", backend: str = "auto", num_classes: int | None = None,
-                 device: torch.device | None = None, shard_rows: int | None = None) -> KnnResult:
-    """Weighted kNN accuracy of ``val`` against the ``train`` memory bank, for every k in one search."""
+                 device: torch.device | None = None, shard_rows: int | None = None,
+                 bank_shard_rows: int | None = None, search_precision: str = "float32") -> KnnResult:
+    """Weighted kNN accuracy of ``val`` against the ``train`` memory bank, for every k in one search.
+
+    ``train_features`` may be float16 and memory-mapped (:class:`FeatureBank` normalises it shard by
+    shard, ``bank_shard_rows`` rows at a time; default: whole if it fits in 2 GiB of float32);
+    ``shard_rows`` splits FAISS indexes further. ``search_precision`` bfloat16 / float16 picks the
+    candidates by a reduced-precision matmul (``reduced.py``): the same predictions, faster where the
+    hardware has the instructions."""
     _check_inputs(train_features, train_labels, val_features, val_labels, ks)
     if temperature <= 0:
         raise UserError(f"kNN: the temperature must be > 0, got {temperature}")
@@ -56,17 +66,19 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, val_f
     if num_classes is None:
         num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     started = time.perf_counter()
-    bank, queries = l2_normalize(train_features.cpu()), l2_normalize(val_features.cpu())
+    bank, queries = FeatureBank(train_features.cpu(), bank_shard_rows), l2_normalize(val_features.cpu())
     search = make_search(bank, backend, device, shard_rows)
     built = time.perf_counter()
     n, kmax = len(bank), min(max(ks), len(bank))
     m = candidate_count(kmax, n)  # > kmax unless the bank is that small: the outsiders check the k boundary
     if search.max_k is not None and m > search.max_k:
         search = TorchSearch(bank, device)
+    if search_precision != "float32":
+        search = ReducedPrecisionSearch(bank, search, search_precision, device)
     sims, idx = search.search(queries, m)
     neighbour_labels = train_labels[idx]
     searched = time.perf_counter()
-    tol = search_tolerance(bank.shape[1])
+    tol = search_tolerance(bank.dim)
     rankings = {k: torch.empty(len(queries), min(5, k, n, num_classes), dtype=torch.long) for k in ks}
     uncertain = torch.zeros(len(queries), dtype=torch.bool)
     rows = max(1, REFINE_ELEMENTS // max(num_classes, m))
@@ -92,7 +104,8 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, val_f
         top1, top5 = topk_accuracy(rankings[k], val_labels, min(k, n))
         metrics[k] = {"top1": top1, "top5": top5}
     seconds = {"index": built - started, "search": searched - built, "vote": time.perf_counter() - searched}
-    return KnnResult(metrics, rankings, search.name, num_classes, int(uncertain.sum()), seconds)
+    return KnnResult(metrics, rankings, search.name, num_classes, int(uncertain.sum()),
+                     search.searched_again if isinstance(search, ReducedPrecisionSearch) else 0, seconds)
 
 
 def flat_metrics(result: KnnResult, prefix: str = "") -> dict[str, float]:

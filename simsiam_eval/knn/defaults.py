@@ -9,6 +9,7 @@ PRESETS = {
 }
 WEIGHTINGS = ("exp", "uniform")
 BACKENDS = ("auto", "faiss", "torch")
+SEARCH_PRECISIONS = ("float32", "bfloat16", "float16")
 
 KNN_DEFAULTS = {
     "checkpoint": "",            # checkpoint file (any supported format) or random:ARCH[:STEM[:WIDTH]]
@@ -21,6 +22,7 @@ KNN_DEFAULTS = {
     "temperature": 0.1,
     "weighting": "exp",          # exp (exp(sim/T) per neighbour) | uniform (one vote per neighbour)
     "backend": "auto",           # auto (faiss if installed) | faiss | torch
+    "search_precision": "float32",  # float32 | bfloat16 (CPU) | float16 (GPU): candidate matmul; same predictions
     "image_size": 0,             # 0: the data's native size (CIFAR 32, MNIST 28, shapes as generated), 224 for folders
     "resize": 0,                 # 0: image_size * 256 / 224 (a data set at its native image_size is used as it is)
     "interpolation": "bilinear", # bilinear (main_lincls) | bicubic (DINO eval_knn; the dino preset)

@@ -11,7 +11,7 @@ from simsiam_eval.errors import UserError
 from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features,
                                    load_frozen_backbone)
 from simsiam_eval.knn.classify import flat_metrics, knn_classify
-from simsiam_eval.knn.defaults import BACKENDS, PRESETS, WEIGHTINGS
+from simsiam_eval.knn.defaults import BACKENDS, PRESETS, SEARCH_PRECISIONS, WEIGHTINGS
 from simsiam_eval.precision import precision_name
 from simsiam_eval.results.records import build_record
 
@@ -35,6 +35,8 @@ def check_knn_config(cfg: Config) -> None:
         raise UserError(f"unknown weighting '{cfg.weighting}' (choose from {', '.join(WEIGHTINGS)})")
     if cfg.backend not in BACKENDS:
         raise UserError(f"unknown backend '{cfg.backend}' (choose from {', '.join(BACKENDS)})")
+    if cfg.search_precision not in SEARCH_PRECISIONS:
+        raise UserError(f"unknown search_precision '{cfg.search_precision}' (choose from {', '.join(SEARCH_PRECISIONS)})")
     if cfg.interpolation not in INTERPOLATIONS:
         raise UserError(f"unknown interpolation '{cfg.interpolation}' (choose from {', '.join(INTERPOLATIONS)})")
     ks = cfg.k if isinstance(cfg.k, list) else [cfg.k]
@@ -74,12 +76,14 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     train, val = sets["train"], sets["val"]
     result = knn_classify(train.features, train.labels, val.features, val.labels, ks=ks,
                           temperature=cfg.temperature, weighting=cfg.weighting, backend=cfg.backend,
-                          num_classes=len(train.classes) or None, device=info.device)
+                          num_classes=len(train.classes) or None, device=info.device,
+                          search_precision=cfg.search_precision)
     seconds.update(result.seconds)
     data = {"train": cfg.train, "val": cfg.val, "num_train": len(train), "num_val": len(val),
             "num_classes": len(train.classes)}
     settings = {"k": ks, "temperature": cfg.temperature, "precision": precision_name(cfg.amp, info.device),
                 "weighting": cfg.weighting, "preset": cfg.preset or None, "backend": result.backend,
+                "search_precision": cfg.search_precision,
                 "feature_dim": int(train.features.shape[1]), "image_size": image_size, "transform": repr(transform),
                 "normalization": normalization_settings(),
                 "per_k": {str(k): m for k, m in result.metrics.items()},

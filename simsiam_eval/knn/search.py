@@ -1,15 +1,17 @@
-"""Candidate neighbour search: FAISS exact inner product (GPU when faiss-gpu and a GPU are there; sharded
-banks; the GPU k limit) or chunked torch matmuls. Both return float32 similarities, best first; their
-last bits differ, which ``certify.py`` makes harmless. Memory stays bounded: queries and the bank are
-processed in blocks, never a full N_val x N_train matrix.
+"""Candidate neighbour search: FAISS exact inner product (GPU when faiss-gpu and a GPU are there; the
+GPU k limit) or chunked torch matmuls, over the bank's shards (``bank.py``). Both return float32
+similarities, best first; their last bits differ, which ``certify.py`` makes harmless. Memory stays
+bounded: queries and the bank are processed in blocks, never a full N_val x N_train matrix.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
 from simsiam_eval.errors import UserError
+from simsiam_eval.knn.bank import FeatureBank, as_bank
 from simsiam_eval.knn.defaults import BACKENDS
 
 FAISS_GPU_MAX_K = 2048
@@ -32,45 +34,51 @@ def _faiss_gpu_usable() -> bool:
     return torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def _merge_best(best: tuple[torch.Tensor, torch.Tensor] | None, sims: torch.Tensor, idx: torch.Tensor,
+                m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m best of an earlier (sims, idx) and new ones, best first."""
+    if best is not None:
+        sims, idx = torch.cat([best[0], sims], 1), torch.cat([best[1], idx], 1)
+        keep = sims.topk(min(m, sims.shape[1]), dim=1).indices
+        sims, idx = sims.gather(1, keep), idx.gather(1, keep)
+    return sims, idx
+
+
 class TorchSearch:
-    """Top-m inner products by blocked matmuls (GPU if the bank lives there); no k limit."""
+    """Top-m inner products by blocked matmuls (GPU if the device says so); no k limit."""
 
     name = "torch"
     max_k = None
 
-    def __init__(self, bank: torch.Tensor, device: torch.device | None = None) -> None:
+    def __init__(self, bank: torch.Tensor | FeatureBank, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        """``dtype``: of the matmuls (``reduced.py`` uses bfloat16 / float16); scores come back float32."""
         self.device = device or torch.device("cpu")
-        self.bank = bank.to(self.device)
+        self.bank, self.dtype = as_bank(bank), dtype
 
     def search(self, queries: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 similarities and indices of the m best rows per query, best first (on the CPU)."""
-        n = len(self.bank)
-        shard = min(n, max(m, BLOCK_ELEMENTS // 64))
-        rows = max(1, BLOCK_ELEMENTS // shard)
-        out_sims, out_idx = [], []
-        for start in range(0, len(queries), rows):
-            q = queries[start:start + rows].to(self.device)
-            best_sims = best_idx = None
-            for s0 in range(0, n, shard):
-                sims = q @ self.bank[s0:s0 + shard].T
-                top = sims.topk(min(m, sims.shape[1]), dim=1)
-                sims, idx = top.values, top.indices + s0
-                if best_sims is not None:
-                    sims, idx = torch.cat([best_sims, sims], 1), torch.cat([best_idx, idx], 1)
-                    keep = sims.topk(min(m, sims.shape[1]), dim=1).indices
-                    sims, idx = sims.gather(1, keep), idx.gather(1, keep)
-                best_sims, best_idx = sims, idx
-            out_sims.append(best_sims.cpu())
-            out_idx.append(best_idx.cpu())
-        return torch.cat(out_sims), torch.cat(out_idx)
+        piece = max(m, BLOCK_ELEMENTS // 64)  # bank rows per matmul
+        rows = max(1, BLOCK_ELEMENTS // min(piece, len(self.bank)))  # queries per matmul
+        best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(range(0, len(queries), rows))
+        for start, shard in self.bank.shards():
+            shard = shard.to(self.device, self.dtype)
+            for block, q0 in enumerate(range(0, len(queries), rows)):
+                q = queries[q0:q0 + rows].to(self.device, self.dtype)
+                for s0 in range(0, len(shard), piece):
+                    sims = q @ shard[s0:s0 + piece].T
+                    top = sims.topk(min(m, sims.shape[1]), dim=1)
+                    best[block] = _merge_best(best[block], top.values.float(), top.indices + start + s0, m)
+        return torch.cat([b[0] for b in best]).cpu(), torch.cat([b[1] for b in best]).cpu()
 
 
 class FaissSearch:
-    """Exact inner-product search with FAISS flat indexes, one per bank shard (GPU when possible)."""
+    """Exact inner-product search with a FAISS flat index per bank shard (GPU when possible)."""
 
     name = "faiss"
 
-    def __init__(self, bank: torch.Tensor, use_gpu: bool | None = None, shard_rows: int | None = None) -> None:
+    def __init__(self, bank: torch.Tensor | FeatureBank, use_gpu: bool | None = None,
+                 shard_rows: int | None = None) -> None:
         import faiss
 
         self.faiss = faiss
@@ -78,15 +86,20 @@ class FaissSearch:
         self.name = "faiss-gpu" if use_gpu else "faiss-cpu"
         self.max_k = FAISS_GPU_MAX_K if use_gpu else None
         self.resources = faiss.StandardGpuResources() if use_gpu else None
-        shard_rows = shard_rows or len(bank)
-        self.shards = []
-        array = bank.contiguous().numpy()
-        for start in range(0, len(array), shard_rows):
-            index = faiss.IndexFlatIP(array.shape[1])
-            if use_gpu:
-                index = faiss.index_cpu_to_gpu(self.resources, torch.cuda.current_device(), index)
-            index.add(array[start:start + shard_rows])
-            self.shards.append((start, index))
+        self.bank = as_bank(bank)
+        self.shard_rows = shard_rows
+
+    def _indexes(self) -> Iterator[tuple[int, object]]:
+        """(first row, flat index) of each shard (``shard_rows`` splits further), built as needed."""
+        for start, shard in self.bank.shards():
+            step = self.shard_rows or len(shard)
+            for s0 in range(0, len(shard), step):
+                array = shard[s0:s0 + step].contiguous().numpy()
+                index = self.faiss.IndexFlatIP(array.shape[1])
+                if self.resources is not None:
+                    index = self.faiss.index_cpu_to_gpu(self.resources, torch.cuda.current_device(), index)
+                index.add(array)
+                yield start + s0, index
 
     @contextmanager
     def _blas_blocks(self):
@@ -106,22 +119,17 @@ class FaissSearch:
     def search(self, queries: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 similarities and indices of the m best rows per query, best first."""
         q = queries.contiguous().numpy()
-        best_sims = best_idx = None
-        for start, index in self.shards:
+        best = None
+        for start, index in self._indexes():
             with self._blas_blocks():
                 sims, idx = index.search(q, min(m, index.ntotal))
-            sims, idx = torch.from_numpy(sims), torch.from_numpy(idx) + start
-            if best_sims is not None:
-                sims, idx = torch.cat([best_sims, sims], 1), torch.cat([best_idx, idx], 1)
-                keep = sims.topk(min(m, sims.shape[1]), dim=1).indices
-                sims, idx = sims.gather(1, keep), idx.gather(1, keep)
-            best_sims, best_idx = sims, idx
-        return best_sims, best_idx
+            best = _merge_best(best, torch.from_numpy(sims), torch.from_numpy(idx) + start, m)
+        return best
 
 
-def make_search(bank: torch.Tensor, backend: str = "auto", device: torch.device | None = None,
+def make_search(bank: torch.Tensor | FeatureBank, backend: str = "auto", device: torch.device | None = None,
                 shard_rows: int | None = None) -> TorchSearch | FaissSearch:
-    """A candidate-search backend over the L2-normalised bank: 'auto' prefers FAISS."""
+    """A candidate-search backend over the bank (a FeatureBank, or L2-normalised rows): 'auto' prefers FAISS."""
     if backend not in BACKENDS:
         raise UserError(f"unknown kNN backend '{backend}' (choose from {', '.join(BACKENDS)})")
     if backend == "faiss" or (backend == "auto" and faiss_available()):

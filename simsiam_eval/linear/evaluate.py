@@ -107,14 +107,14 @@ def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
         views = [dataset_features(backbone, cfg.train, train_transform, info.device, view_seed=v, **common)
                  for v in range(cfg.views)]
     check_same_classes(views[0].classes, val.classes, cfg.train, cfg.val)
-    train_x = torch.stack([v.features for v in views])  # (views, N, D)
+    train_x = torch.stack([v.features.float() for v in views])  # (views, N, D); a float16 cache is read as float32
     train_y = views[0].labels
     num_train = len(train_y)
     subset = training_subset(cfg, lambda: train_y.numpy(), lambda: open_dataset(prepare_dataset(cfg.train)))
     if subset is not None:  # features of the full set are cached (shared with kNN and other subsets)
         train_x, train_y = train_x[:, torch.from_numpy(subset)], train_y[torch.from_numpy(subset)]
     train_x, train_y = train_x.to(info.device), train_y.to(info.device)
-    val_x, val_y = val.features.to(info.device), val.labels.to(info.device)
+    val_x, val_y = val.features.float().to(info.device), val.labels.to(info.device)
     batch, _, _ = resolved_hyperparameters(cfg)
 
     def train_batches(epoch: int):

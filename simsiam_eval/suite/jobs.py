@@ -21,7 +21,8 @@ from simsiam_eval.suite.spec import CheckpointEntry, Evaluation, PretrainRun, Su
 
 # Config keys that do not change a job's result: left out of its key.
 NOT_IN_KEY = ("checkpoint", "train", "val", "output_dir", "output", "results", "name", "tags", "progress",
-              "tensorboard", "quiet", "cache", "cache_dir", "workers", "resume", "dist_url")
+              "tensorboard", "quiet", "cache", "cache_dir", "workers", "resume", "dist_url",
+              "search_precision")  # the kNN candidate matmul's precision: same predictions
 SUITE_JOB = "suite_job"  # the settings entry of a record that holds its job's key
 
 
