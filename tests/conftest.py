@@ -1,10 +1,14 @@
 """Shared fixtures: small data sets generated once per test session."""
 from __future__ import annotations
 
+import gzip
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
 
 from simsiam_eval.data.shapes import CLASSES, ShapesSettings, write_shapes_dataset
 
@@ -36,4 +40,23 @@ def data_root(tmp_path_factory) -> Path:
     write_shapes_dataset(root / "shapes", settings)
     # so few scenes may lack a class: the VOC folder declares its classes (transfer/datasets.py)
     (root / "shapes" / "voc" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory) -> Path:
+    """The 1,797 8x8 digits at 28 px (the study preset's size): 1,500 to train, 297 to test."""
+    root = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    images = np.stack([np.asarray(Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((28, 28), Image.BILINEAR))
+                       for image in digits.images])
+    for prefix, part in (("train", slice(0, 1500)), ("t10k", slice(1500, None))):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images[part])
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", digits.target[part])
     return root
