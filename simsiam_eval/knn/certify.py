@@ -60,7 +60,7 @@ def nearest_neighbors(bank: torch.Tensor | FeatureBank, queries: torch.Tensor, k
     Candidates come from ``search``
     (built from ``backend`` if not given) or from ``candidates`` (Q, m), the result of an earlier
     search, best first. A query whose k-th neighbour could tie with or lose to a row outside its
-    candidates is finished by :func:`_scan_bank`; the result does not depend on the backend.
+    candidates is finished by :func:`scan_bank`; the result does not depend on the backend.
     """
     bank = as_bank(bank)
     n, dim = len(bank), bank.dim
@@ -101,11 +101,9 @@ def scan_bank(bank: FeatureBank, queries: torch.Tensor, k: int) -> tuple[torch.T
     best = None
     for start, shard in bank.shards():
         sims, idx = _scan_bank(shard, queries, min(k, len(shard)))
+        idx = idx + start
         if best is not None:
-            sims, idx = torch.cat([best[0], sims], 1), torch.cat([best[1], idx + start], 1)
-            sims, idx = _rank(idx, sims, k)
-        else:
-            idx = idx + start
+            sims, idx = _rank(torch.cat([best[1], idx], 1), torch.cat([best[0], sims], 1), k)
         best = sims, idx
     return best
 

@@ -55,14 +55,20 @@ class TorchSearch:
         """``dtype``: of the matmuls (``reduced.py`` uses bfloat16 / float16); scores come back float32."""
         self.device = device or torch.device("cpu")
         self.bank, self.dtype = as_bank(bank), dtype
+        # a bank held whole is moved and converted once, a larger one shard by shard at every search
+        self._resident = [(0, next(self.bank.shards())[1].to(self.device, dtype))] if self.bank.resident else None
+
+    def _shards(self) -> Iterator[tuple[int, torch.Tensor]]:
+        if self._resident is not None:
+            return iter(self._resident)
+        return ((start, shard.to(self.device, self.dtype)) for start, shard in self.bank.shards())
 
     def search(self, queries: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 similarities and indices of the m best rows per query, best first (on the CPU)."""
         piece = max(m, BLOCK_ELEMENTS // 64)  # bank rows per matmul
         rows = max(1, BLOCK_ELEMENTS // min(piece, len(self.bank)))  # queries per matmul
         best: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(range(0, len(queries), rows))
-        for start, shard in self.bank.shards():
-            shard = shard.to(self.device, self.dtype)
+        for start, shard in self._shards():
             for block, q0 in enumerate(range(0, len(queries), rows)):
                 q = queries[q0:q0 + rows].to(self.device, self.dtype)
                 for s0 in range(0, len(shard), piece):
