@@ -15,6 +15,7 @@ PRETRAIN_DEFAULTS = {
     "deterministic": False,      # deterministic cuDNN/algorithms (slower on GPU)
     "amp": False,                # fp16 autocast + GradScaler on CUDA (official: fp32; ignored on CPU)
     "channels_last": True,       # channels_last memory format on CUDA (ignored on CPU)
+    "cpu_bf16": False,           # bf16 autocast + channels_last on the CPU (a deviation; official: fp32)
     "tensorboard": True,
     "progress": True,            # tqdm progress bar
     "data": {

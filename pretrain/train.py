@@ -29,7 +29,7 @@ from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup
 from simsiam_eval.errors import UserError
 from simsiam_eval.metrics_log import MetricsLog
 from simsiam_eval.models import Pool5
-from simsiam_eval.precision import precision_name, uses_amp
+from simsiam_eval.precision import CPU_BF16, autocast, precision_name, uses_amp
 from simsiam_eval.provenance import git_revision, versions
 
 PROGRESS_EVERY = 10  # iterations between progress-bar refreshes (each one syncs the device)
@@ -123,6 +123,11 @@ def resume_if_possible(cfg: Config, model: SimSiam, optimizer, scaler, targets: 
     return int(state["epoch"])
 
 
+def uses_channels_last(cfg: Config, device: torch.device) -> bool:
+    """channels_last tensors: on CUDA when ``channels_last`` asks, on the CPU with ``cpu_bf16``."""
+    return (cfg.channels_last and device.type == "cuda") or precision_name(cfg.amp, device, cfg.cpu_bf16) == CPU_BF16
+
+
 def _to_device(views, device: torch.device, channels_last: bool) -> list[torch.Tensor]:
     views = [v.to(device, non_blocking=True) for v in views]
     return [v.contiguous(memory_format=torch.channels_last) for v in views] if channels_last else views
@@ -139,19 +144,20 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
     model.train()
     targets = targets or OnlineTargets()
     inner = unwrap(model)
-    device, use_amp = info.device, scaler.is_enabled()
-    channels_last = cfg.channels_last and device.type == "cuda"
+    device = info.device
+    precision = precision_name(cfg.amp, device, cfg.cpu_bf16)
+    channels_last = uses_channels_last(cfg, device)
     totals = torch.zeros(2, device=device)
     batch_stds = []
     steps, images, start = 0, 0, time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
     for block in batch_blocks(loader, targets.block_size):
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with autocast(precision):
             targets.prepare(inner.encoder, block)
         for position, (views, indices) in enumerate(block):
             xs = _to_device(views, device, channels_last)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with autocast(precision):
                 outputs = model(*xs)
                 ps, zs = outputs[:len(xs)], outputs[len(xs):]
                 ts = targets.targets(zs, xs, torch.as_tensor(indices), position)
@@ -193,7 +199,8 @@ def run_knn_monitor(model: nn.Module, cfg: Config, info: DistInfo) -> dict[str, 
     inner = unwrap(model)
     state = rng_state()
     try:
-        return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, cfg.knn.image_size, amp=cfg.amp)
+        return knn_monitor(Pool5(inner.encoder), cfg.knn, info.device, cfg.knn.image_size,
+                           precision=precision_name(cfg.amp, info.device, cfg.cpu_bf16))
     finally:
         set_rng_state(state)
 
@@ -228,10 +235,10 @@ def build_model_and_optimizer(cfg: Config, info: DistInfo, init_lr: float) -> tu
 
 
 def wrap_for_training(model: nn.Module, cfg: Config, info: DistInfo) -> nn.Module:
-    """DDP over several processes; channels_last on CUDA when asked."""
+    """DDP over several processes; channels_last on CUDA when asked, and with cpu_bf16."""
     if info.distributed:
         model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    if cfg.channels_last and info.device.type == "cuda":
+    if uses_channels_last(cfg, info.device):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -246,7 +253,7 @@ def train(cfg: Config) -> Path | None:
             save_config(cfg, output_dir / "config.yaml")
             prepare_dataset(cfg.data.train)
             _log(info, f"simsiam-eval pretrain | git {git_revision()} | {info.world_size} process(es) on "
-                       f"{info.device.type} | precision {precision_name(cfg.amp, info.device)}\n{dump_config(cfg)}")
+                       f"{info.device.type} | precision {precision_name(cfg.amp, info.device, cfg.cpu_bf16)}\n{dump_config(cfg)}")
         barrier()
         return _train(cfg, info, output_dir)
     finally:

@@ -1,9 +1,9 @@
 """The one feature extractor and cache: frozen backbone in eval mode -> pool5 features.
 
 kNN, the linear probe (cached mode), the pretraining kNN monitor and the demo all call
-:func:`dataset_features`. Extraction is batched (tqdm), fp32 (the official precision) unless ``amp``
-asks for fp16 autocast on CUDA, and under torchrun each process embeds every ``world_size``-th image,
-then all processes gather the full set. Features of a
+:func:`dataset_features`. Extraction is batched (tqdm), fp32 (the official precision) unless
+``precision`` names a deviation (fp16 autocast on CUDA, bf16 with channels_last on the CPU), and
+under torchrun each process embeds every ``world_size``-th image, then all processes gather the full set. Features of a
 *checkpoint* (identified by its sha256) are cached on disk, keyed by the checkpoint, the data set
 (spec + content fingerprint), the transform's repr, the view seed and the numeric precision.
 """
@@ -28,7 +28,7 @@ from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
 from simsiam_eval.distributed import all_gather_rows, all_ranks_agree, barrier, world
 from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError, one_line
 from simsiam_eval.models import pool5
-from simsiam_eval.precision import precision_name, uses_amp
+from simsiam_eval.precision import FP32, autocast, memory_format
 
 CACHE_FORMAT = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container, which torch.load can memory-map
@@ -77,11 +77,13 @@ class SeededViews(Dataset):
 
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256,
-                     workers: int = 4, amp: bool = False, progress: bool = True,
+                     workers: int = 4, precision: str = FP32, progress: bool = True,
                      desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """pool5 features and labels of every item of ``dataset`` (in order), float32 on the CPU.
 
-    The model is switched to eval mode for the extraction; every submodule gets its mode back after.
+    ``precision`` (simsiam_eval/precision.py) is fp32 (official), amp-fp16 (CUDA) or cpu-bf16 (bf16 autocast,
+    channels_last model and images). The model is switched to eval mode for the extraction; every
+    submodule gets its mode back after.
     Under torch.distributed every process must call this; all of them receive the full set.
     """
     if len(dataset) == 0:
@@ -93,12 +95,14 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     feats, labels = [], []
-    use_amp = uses_amp(amp, device)
+    layout = memory_format(precision)
+    if layout != torch.contiguous_format:
+        model.to(memory_format=layout)
     try:
         for images, targets in tqdm(loader, desc=desc, disable=not progress or rank != 0,
                                     unit="batch", leave=False):
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                out = pool5(model, images.to(device, non_blocking=True))
+            with autocast(precision):
+                out = pool5(model, images.to(device, non_blocking=True).contiguous(memory_format=layout))
             feats.append(out.float().cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.int64))
     finally:
@@ -193,7 +197,7 @@ def load_frozen_backbone(checkpoint: str, fmt: str = "auto", arch: str | None = 
 
 def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Callable, device: torch.device,
                      model_id: str | None = None, cache: FeatureCache | None = None, view_seed: int | None = None,
-                     batch_size: int = 256, workers: int = 4, amp: bool = False, progress: bool = True,
+                     batch_size: int = 256, workers: int = 4, precision: str = FP32, progress: bool = True,
                      dataset: Dataset | None = None) -> FeatureSet:
     """Features of the data set ``spec`` seen through ``transform``, from the cache when possible.
 
@@ -214,12 +218,12 @@ def dataset_features(model: nn.Module, spec: str | DatasetSpec, transform: Calla
         description = {"format": CACHE_FORMAT, "model": model_id, "dataset": str(parsed),
                        "fingerprint": dataset_fingerprint(dataset), "transform": repr(transform),
                        "view_seed": view_seed, "dtype": cache.dtype,
-                       "precision": precision_name(amp, device)}
+                       "precision": precision}
         key = FeatureCache.key(description)
         hit = cache.load(key)
         if all_ranks_agree(hit is not None):
             return FeatureSet(hit[0], hit[1], classes)
-    features, labels = extract_features(model, source, device, batch_size, workers, amp, progress,
+    features, labels = extract_features(model, source, device, batch_size, workers, precision, progress,
                                         desc=f"features {parsed}")
     if key is not None:
         features = cache.round(features)

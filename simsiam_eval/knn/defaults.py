@@ -30,6 +30,7 @@ KNN_DEFAULTS = {
     "workers": 8,
     "device": "auto",
     "amp": False,                # fp16 autocast feature extraction on CUDA (official: fp32)
+    "cpu_bf16": False,           # bf16 autocast + channels_last extraction on the CPU (official: fp32)
     "progress": True,
     "cache": True,               # reuse / store features in cache_dir
     "cache_dir": "",             # empty: $SIMSIAM_EVAL_CACHE or ~/.cache/simsiam-eval/features

@@ -51,11 +51,12 @@ def checkpoint_features(cfg: Config, info: DistInfo, transform) -> tuple[dict, d
     """
     checkpoint, backbone, model_id = load_frozen_backbone(cfg.checkpoint, cfg.format, cfg.arch or None, info.device)
     cache = FeatureCache.optional(cfg.cache, cfg.cache_dir, cfg.cache_dtype)
+    precision = precision_name(cfg.amp, info.device, cfg.cpu_bf16)
     sets, seconds = {}, {}
     for split in ("train", "val"):
         start = time.perf_counter()
         sets[split] = dataset_features(backbone, cfg[split], transform, info.device, model_id=model_id, cache=cache,
-                                       batch_size=cfg.batch_size, workers=cfg.workers, amp=cfg.amp,
+                                       batch_size=cfg.batch_size, workers=cfg.workers, precision=precision,
                                        progress=cfg.progress)
         seconds[f"features_{split}"] = time.perf_counter() - start
     check_same_classes(sets["train"].classes, sets["val"].classes, cfg.train, cfg.val)
@@ -81,7 +82,7 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
     seconds.update(result.seconds)
     data = {"train": cfg.train, "val": cfg.val, "num_train": len(train), "num_val": len(val),
             "num_classes": len(train.classes)}
-    settings = {"k": ks, "temperature": cfg.temperature, "precision": precision_name(cfg.amp, info.device),
+    settings = {"k": ks, "temperature": cfg.temperature, "precision": precision_name(cfg.amp, info.device, cfg.cpu_bf16),
                 "weighting": cfg.weighting, "preset": cfg.preset or None, "backend": result.backend,
                 "search_precision": cfg.search_precision,
                 "feature_dim": int(train.features.shape[1]), "image_size": image_size, "transform": repr(transform),

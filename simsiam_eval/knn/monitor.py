@@ -21,6 +21,7 @@ from simsiam_eval.distributed import world
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import check_same_classes, dataset_features
 from simsiam_eval.knn.classify import knn_classify
+from simsiam_eval.precision import FP32
 
 
 @lru_cache(maxsize=4)
@@ -39,12 +40,12 @@ def _transform(requested: int, train: str, val: str):
 
 
 def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device, image_size: int,
-                    batch_size: int = 256, workers: int | None = None, amp: bool = False) -> dict[str, float]:
+                    batch_size: int = 256, workers: int | None = None, precision: str = FP32) -> dict[str, float]:
     """``{"knn_top1", "knn_top5"}`` (percent) of ``backbone``'s pool5 features, first k of ``knn_cfg.k``.
 
     ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature);
-    ``image_size`` 0 means the native size of ``knn_cfg.train``'s images (224 for a folder); ``amp``
-    follows the pretraining's precision (fp16 autocast on CUDA only when asked for). The
+    ``image_size`` 0 means the native size of ``knn_cfg.train``'s images (224 for a folder); ``precision``
+    is the pretraining's (simsiam_eval/precision.py). The
     backbone is switched to eval mode and every submodule gets its mode back afterwards. Call it on
     every process under torchrun: extraction is split across processes and gathered.
     """
@@ -57,7 +58,7 @@ def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device,
     for split in ("train", "val"):
         spec = knn_cfg[split]
         sets[split] = dataset_features(backbone, spec, transform, device, batch_size=batch_size, workers=workers,
-                                       amp=amp, progress=False, dataset=_open(spec, transform))
+                                       precision=precision, progress=False, dataset=_open(spec, transform))
     check_same_classes(sets["train"].classes, sets["val"].classes, knn_cfg["train"], knn_cfg["val"])
     result = knn_classify(sets["train"].features, sets["train"].labels, sets["val"].features, sets["val"].labels,
                           ks=ks, temperature=knn_cfg["temperature"])

@@ -40,6 +40,7 @@ LINEAR_DEFAULTS = {
     "workers": 8,
     "device": "auto",
     "amp": False,                # fp16 autocast for the frozen backbone on CUDA (official: fp32)
+    "cpu_bf16": False,           # bf16 autocast + channels_last backbone on the CPU (official: fp32)
     "seed": 0,
     "resume": True,              # continue from output_dir/linear_state.pth when it is there
     "progress": True,

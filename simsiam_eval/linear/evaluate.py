@@ -31,10 +31,11 @@ from simsiam_eval.data.transforms import linear_train_transform, normalization_s
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
 from simsiam_eval.features import FeatureCache, check_same_classes, dataset_features, load_frozen_backbone
+from simsiam_eval.linear.cached import CachedViews, sequential_batches
 from simsiam_eval.linear.defaults import DEFAULT_BASE_LR, DEFAULT_BATCH_SIZE, MODES, OPTIMIZERS
 from simsiam_eval.linear.trainer import LinearTrainer, build_classifier, build_optimizer, record_metrics
 from simsiam_eval.models import pool5
-from simsiam_eval.precision import precision_name, uses_amp
+from simsiam_eval.precision import autocast, memory_format, precision_name
 from simsiam_eval.results.records import build_record
 
 
@@ -96,7 +97,7 @@ def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
     """Features once (train views and val) -> batch iterators over tensors on the device."""
     cache = FeatureCache.optional(cfg.cache, cfg.cache_dir, cfg.cache_dtype)
     common = dict(model_id=model_id, cache=cache, batch_size=cfg.eval_batch_size, workers=cfg.workers,
-                  amp=cfg.amp, progress=cfg.progress)
+                  precision=precision_name(cfg.amp, info.device, cfg.cpu_bf16), progress=cfg.progress)
     val_transform = _val_transform(cfg)
     val = dataset_features(backbone, cfg.val, val_transform, info.device, **common)
     if cfg.views == 0:
@@ -107,32 +108,18 @@ def _cached_batches(cfg: Config, info: DistInfo, backbone, model_id: str):
         views = [dataset_features(backbone, cfg.train, train_transform, info.device, view_seed=v, **common)
                  for v in range(cfg.views)]
     check_same_classes(views[0].classes, val.classes, cfg.train, cfg.val)
-    train_x = torch.stack([v.features.float() for v in views])  # (views, N, D); a float16 cache is read as float32
     train_y = views[0].labels
-    num_train = len(train_y)
     subset = training_subset(cfg, lambda: train_y.numpy(), lambda: open_dataset(prepare_dataset(cfg.train)))
-    if subset is not None:  # features of the full set are cached (shared with kNN and other subsets)
-        train_x, train_y = train_x[:, torch.from_numpy(subset)], train_y[torch.from_numpy(subset)]
-    train_x, train_y = train_x.to(info.device), train_y.to(info.device)
-    val_x, val_y = val.features.float().to(info.device), val.labels.to(info.device)
+    # features of the full set are cached (shared with kNN and other subsets); batches are streamed from them
     batch, _, _ = resolved_hyperparameters(cfg)
-
-    def train_batches(epoch: int):
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        views_count, n = train_x.shape[:2]
-        order = torch.randperm(n, generator=generator).to(info.device)
-        view = torch.randint(views_count, (n,), generator=generator).to(info.device)
-        for start in range(0, n, batch):
-            idx = order[start:start + batch]
-            yield train_x[view[idx], idx], train_y[idx]
+    train = CachedViews([v.features for v in views], train_y, batch, cfg.seed, info.device, subset)
 
     def val_batches():
-        for start in range(0, len(val_y), cfg.eval_batch_size):
-            yield val_x[start:start + cfg.eval_batch_size], val_y[start:start + cfg.eval_batch_size]
+        return sequential_batches(val.features, val.labels, cfg.eval_batch_size, info.device)
 
-    sizes = {"num_train": num_train, "num_val": len(val_y), "num_classes": len(val.classes),
-             "feature_dim": train_x.shape[2]}
-    return train_batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}, subset
+    sizes = {"num_train": len(train_y), "num_val": len(val.labels), "num_classes": len(val.classes),
+             "feature_dim": val.features.shape[1]}
+    return train.batches, val_batches, sizes, {"train": repr(train_transform), "val": repr(val_transform)}, subset
 
 
 def _protocol_batches(cfg: Config, info: DistInfo, backbone):
@@ -156,13 +143,15 @@ def _protocol_batches(cfg: Config, info: DistInfo, backbone):
     train_loader = DataLoader(trained, batch_size=per_process, sampler=sampler, **loader_options)
     val_loader = DataLoader(Subset(val_set, range(info.rank, len(val_set), info.world_size)),
                             batch_size=cfg.eval_batch_size, shuffle=False, **loader_options)
-    use_amp = uses_amp(cfg.amp, info.device)
+    precision = precision_name(cfg.amp, info.device, cfg.cpu_bf16)
+    layout = memory_format(precision)
+    backbone.to(memory_format=layout)
 
     def embed(loader):
         backbone.eval()  # frozen BN statistics, whatever mode the module was handed over in
         for images, labels in loader:
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                features = pool5(backbone, images.to(info.device, non_blocking=True))
+            with torch.no_grad(), autocast(precision):
+                features = pool5(backbone, images.to(info.device, non_blocking=True).contiguous(memory_format=layout))
             yield features.float(), labels.to(info.device, non_blocking=True)
 
     def train_batches(epoch: int):
@@ -215,7 +204,7 @@ def run_linear(cfg: Config, info: DistInfo) -> dict:
                 "label_fraction": cfg.label_fraction, "subset_seed": cfg.subset_seed, "subset_file": cfg.subset_file,
                 "subset_size": sizes["num_train"] if subset is None else len(subset),
                 "subset_hash": None if subset is None else subset_hash(subset),
-                "precision": precision_name(cfg.amp, info.device),
+                "precision": precision_name(cfg.amp, info.device, cfg.cpu_bf16),
                 "batch_size": batch, "base_lr": base_lr, "lr": lr, "momentum": cfg.momentum,
                 "weight_decay": cfg.weight_decay, "lars": cfg.lars.to_dict() if cfg.optimizer == "lars" else None,
                 "schedule": "cosine per epoch", "image_size": cfg.image_size, "transforms": transforms,

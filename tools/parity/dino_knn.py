@@ -90,7 +90,7 @@ def split_features(spec: str, size: int, cache: FeatureCache | None):
         features, labels = hit
     else:
         features, labels = extract_features(backbone, Subset(dataset, range(count)), torch.device("cpu"),
-                                            batch_size=500, workers=0, amp=False, desc=str(parsed))
+                                            batch_size=500, workers=0, desc=str(parsed))
         if cache is not None:
             cache.save(key, features, labels, description)
     return features, labels, transform
