@@ -97,3 +97,17 @@ def test_knn_on_a_mapped_float16_bank_equals_the_bank_in_memory(mapped, backend,
     assert all(torch.equal(streamed.rankings[k], in_memory.rankings[k]) for k in (10, 200))
     assert largest and max(largest) <= 250  # a shard, or one query's re-ranking candidates
     assert sum(largest) >= len(features)  # every row was read
+
+
+def test_a_pass_over_a_mapped_bank_hands_its_pages_back(tmp_path):
+    from test_linear_cached import file_pages_mib
+
+    rows = torch.randn(16384, 2048)  # 64 MiB as float16 on disk
+    bank = FeatureBank(float16_file(tmp_path / "big.f16", rows), shard_rows=2048)
+    del rows
+    before = file_pages_mib()
+    peak = before
+    for _, shard in bank.shards():
+        peak = max(peak, file_pages_mib())
+    bank.rows(torch.arange(0, 16384, 7))
+    assert file_pages_mib() - before < 16 and peak - before < 40  # without release: +64 MiB of mapped pages
