@@ -29,7 +29,7 @@ def probe(args, epochs: int, workdir: Path, name: str, mode: str, cache_dir: Pat
               "mode": mode, "epochs": epochs, "optimizer": args.optimizer, "image_size": args.image_size,
               "workers": args.workers, "progress": False, "tensorboard": False, "cache_dir": str(cache_dir),
               "output_dir": str(workdir / name), "batch_size": args.batch_size, "base_lr": args.base_lr,
-              "device": "cpu"}
+              "device": "cpu", "views": args.views if mode == "cached" else 0}
     cfg = load_config(None, LINEAR_DEFAULTS, [f"{k}={v}" for k, v in values.items()])
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     start = time.perf_counter()
@@ -53,9 +53,11 @@ def main() -> None:
                              "lars as SimSiam's)")
     parser.add_argument("--image-size", type=int, default=32, help="(default %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default %(default)s)")
+    parser.add_argument("--views", type=int, default=0,
+                        help="cached mode: augmented views cached per image (default 0: the eval view)")
     args = parser.parse_args()
-    print(f"linear probe benchmark: {args.checkpoint} on {args.train} / {args.val}, "
-          f"{args.optimizer} batch {args.batch_size}, {torch.get_num_threads()} threads")
+    print(f"linear probe benchmark: {args.checkpoint} on {args.train} / {args.val}, {args.optimizer} batch "
+          f"{args.batch_size}, cached views {args.views or 'eval view'}, {torch.get_num_threads()} threads")
     for epochs in args.epochs:
         with tempfile.TemporaryDirectory() as tmp:
             workdir, cache = Path(tmp), Path(tmp) / "cache"
