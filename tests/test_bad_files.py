@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torchvision
 
 from pretrain.checkpointing import load_checkpoint
 from simsiam_eval.checkpoints import files
@@ -87,3 +88,23 @@ def test_linear_probe_state(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.torch, "load", bug)
     with pytest.raises(TypeError, match="a bug in our code"):
         probe.resume()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused_by_every_reader(tmp_path, capsys, value):
+    from simsiam_eval.checkpoints import read_checkpoint
+    from simsiam_eval.cli import main
+
+    state = torchvision.models.resnet18().state_dict()
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = value
+    torch.save({"state_dict": {f"module.encoder.{k}": v for k, v in state.items()}}, tmp_path / "diverged.pth.tar")
+    with pytest.raises(UserError, match=r"diverged.pth.tar: tensor layer2.0.conv1.weight holds 1 NaN/Inf"):
+        read_checkpoint(tmp_path / "diverged.pth.tar")
+    capsys.readouterr()
+    for argv in (["convert", str(tmp_path / "diverged.pth.tar"), str(tmp_path / "out.pth")],
+                 ["knn", "--checkpoint", str(tmp_path / "diverged.pth.tar"), "--train", "x", "--val", "y"],
+                 ["linear", "--checkpoint", str(tmp_path / "diverged.pth.tar"), "--train", "x", "--val", "y"]):
+        assert main(argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert "layer2.0.conv1.weight" in err and "diverged.pth.tar" in err and "\n" not in err, argv
+    assert not (tmp_path / "out.pth").exists()

@@ -52,6 +52,7 @@ def canonicalize(obj: Any, fmt: str = "auto", where: str = "checkpoint") -> Cano
     if not state:
         raise UserError(f"{where}: no ResNet backbone tensors found in the {chosen.name} layout "
                         f"(first keys: {', '.join(first_keys(obj))}); formats tried: {chosen.name}")
+    check_finite(state, where)
     spec = infer_spec(state, where)
     if spec.stem == "cifar":
         spec = ResNetSpec(spec.arch, chosen.cifar_stem, spec.width)
@@ -59,6 +60,15 @@ def canonicalize(obj: Any, fmt: str = "auto", where: str = "checkpoint") -> Cano
     return CanonicalCheckpoint(state, spec.arch, spec.stem, spec.width, source_format=chosen.name,
                                found=found, dropped=dropped, dropped_groups=group_keys(dropped, rename),
                                filled=filled, metadata=_metadata(obj))
+
+
+def check_finite(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse a backbone holding NaN or Inf, naming the first such tensor (a diverged run, a damaged file)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise UserError(f"{where}: tensor {name} holds {bad} NaN/Inf value(s) of {tensor.numel()} (a diverged "
+                            "run or a damaged file); refusing to use it")
 
 
 def _choose_format(obj: Any, fmt: str, where: str) -> Format:
