@@ -12,8 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from pretrain.checkpointing import (INIT_NAME, check_same_model, find_resume_checkpoint, load_checkpoint,
-                                    rng_state, save_checkpoint, set_rng_state)
+from pretrain.checkpointing import (INIT_NAME, check_same_model, find_resume_checkpoint, list_checkpoints,
+                                    load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from pretrain.collapse import collapse_std, collapse_threshold, collapsed_floor, healthy_std, is_collapsed
 from pretrain.loss import paired_views_loss
 from pretrain.model import SimSiam, build_model
@@ -25,8 +25,8 @@ from simsiam_eval.config import Config, dump_config, save_config
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.subsets import balanced_subset
 from simsiam_eval.data.transforms import MultiViewTransform, simsiam_augmentation
-from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
-from simsiam_eval.errors import UserError
+from simsiam_eval.distributed import DistInfo, all_ranks_agree, all_reduce_mean, barrier, cleanup, init_distributed
+from simsiam_eval.errors import NonFiniteLoss, UserError
 from simsiam_eval.metrics_log import MetricsLog
 from simsiam_eval.models import Pool5
 from simsiam_eval.precision import CPU_BF16, autocast, precision_name, uses_amp
@@ -164,6 +164,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
             loss = paired_views_loss([p.float() for p in ps], [t.float() for t in ts],
                                      similarity=cfg.loss.similarity, symmetric=cfg.loss.symmetric,
                                      stop_gradient=cfg.loss.stop_gradient)
+            if not all_ranks_agree(bool(torch.isfinite(loss.detach()))):
+                raise NonFiniteLoss(epoch + 1, steps + 1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -289,7 +291,13 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         lr = set_epoch_lr(optimizer, init_lr, epoch, cfg.epochs, cfg.optim.warmup_epochs)
-        stats = train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, lr, metrics, targets)
+        try:
+            stats = train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, lr, metrics, targets)
+        except NonFiniteLoss as exc:
+            saved = list_checkpoints(output_dir)
+            raise UserError(f"{output_dir}: {exc}; stopped before that step; last good checkpoint: "
+                            f"{saved[-1] if saved else output_dir / INIT_NAME} (a re-run resumes from it: lower "
+                            "optim.base_lr first if the loss diverged)") from None
         record = {"epoch": epoch + 1, "lr": lr, "collapse_reference": reference, **stats}
         if cfg.knn.every_n_epochs and ((epoch + 1) % cfg.knn.every_n_epochs == 0 or epoch + 1 == cfg.epochs):
             record.update(run_knn_monitor(model, cfg, info))

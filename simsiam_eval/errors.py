@@ -10,6 +10,14 @@ class UserError(Exception):
     """A user-facing problem: the CLI prints it as one line and exits non-zero."""
 
 
+class NonFiniteLoss(Exception):
+    """A training step's loss was NaN or Inf (on some process), found before the step changed any weight."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__(f"the loss is NaN or Inf at epoch {epoch}, step {step}")
+        self.epoch, self.step = epoch, step
+
+
 # What torch.load (zip and pre-1.6 formats) and pickle raise on empty, truncated or byte-flipped files
 # (UnicodeDecodeError is a ValueError, KeyError and IndexError are LookupErrors). Not TypeError,
 # AttributeError or NameError: from our own code (a wrong argument, a hook that fails) those are bugs.

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save
-from simsiam_eval.distributed import all_reduce_sum
-from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError
+from simsiam_eval.distributed import all_ranks_agree, all_reduce_sum
+from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, NonFiniteLoss, UserError
 from simsiam_eval.linear.defaults import OPTIMIZERS
 from simsiam_eval.linear.lars import LARS
 from simsiam_eval.metrics_log import MetricsLog
@@ -62,13 +62,17 @@ def record_metrics(history: Sequence[Mapping]) -> dict[str, float]:
 
 
 def train_epoch(fc: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, reduce: bool = False,
-                progress: bool = False, desc: str = "train") -> float:
-    """One pass of cross-entropy training; returns the mean loss per sample."""
+                progress: bool = False, desc: str = "train", epoch: int = 1) -> float:
+    """One pass of cross-entropy training (``epoch``, 1-based, names it in errors); returns the mean loss
+    per sample. A NaN/Inf loss raises NonFiniteLoss before its step."""
     fc.train()
     device = next(fc.parameters()).device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
-    for features, labels in tqdm(batches, desc=desc, disable=not progress, leave=False, unit="batch"):
+    for step, (features, labels) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False,
+                                                   unit="batch")):
         loss = F.cross_entropy(fc(features), labels)
+        if not all_ranks_agree(bool(torch.isfinite(loss.detach()))):
+            raise NonFiniteLoss(epoch, step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -156,8 +160,12 @@ class LinearTrainer:
                 lr = cosine_lr(self.init_lr, epoch, self.epochs)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss = train_epoch(self.fc, self.optimizer, train_batches(epoch), reduce, self.progress,
-                                   desc=f"linear epoch {epoch + 1}/{self.epochs}")
+                try:
+                    loss = train_epoch(self.fc, self.optimizer, train_batches(epoch), reduce, self.progress,
+                                       desc=f"linear epoch {epoch + 1}/{self.epochs}", epoch=epoch + 1)
+                except NonFiniteLoss as exc:
+                    last = f"{self.state_path} (epoch {epoch})" if epoch and self.state_path else "none"
+                    raise UserError(f"linear probe: {exc}; stopped before that step; last good state: {last}") from None
                 # evaluation uses the bare classifier: processes may hold different numbers of val batches
                 metrics = evaluate(self.classifier, val_batches(), reduce)
                 row = {"epoch": epoch + 1, "loss": loss, "lr": lr, **metrics, "seconds": time.perf_counter() - start}
