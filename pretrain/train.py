@@ -31,6 +31,7 @@ from simsiam_eval.metrics_log import MetricsLog
 from simsiam_eval.models import Pool5
 from simsiam_eval.precision import CPU_BF16, autocast, precision_name, uses_amp
 from simsiam_eval.provenance import git_revision, versions
+from simsiam_eval.run_lock import hold_output_dir
 
 PROGRESS_EVERY = 10  # iterations between progress-bar refreshes (each one syncs the device)
 
@@ -250,14 +251,15 @@ def train(cfg: Config) -> Path | None:
     info = init_distributed(cfg.device)
     output_dir = Path(cfg.output_dir)
     try:
-        if info.is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, output_dir / "config.yaml")
-            prepare_dataset(cfg.data.train)
-            _log(info, f"simsiam-eval pretrain | git {git_revision()} | {info.world_size} process(es) on "
-                       f"{info.device.type} | precision {precision_name(cfg.amp, info.device, cfg.cpu_bf16)}\n{dump_config(cfg)}")
-        barrier()
-        return _train(cfg, info, output_dir)
+        with hold_output_dir(output_dir, info.is_main):
+            if info.is_main:
+                save_config(cfg, output_dir / "config.yaml")
+                prepare_dataset(cfg.data.train)
+                _log(info, f"simsiam-eval pretrain | git {git_revision()} | {info.world_size} process(es) on "
+                           f"{info.device.type} | precision {precision_name(cfg.amp, info.device, cfg.cpu_bf16)}"
+                           f"\n{dump_config(cfg)}")
+            barrier()
+            return _train(cfg, info, output_dir)
     finally:
         cleanup()
 

@@ -15,7 +15,7 @@ PACKAGES = ("simsiam_eval", "pretrain", "transfer")
 LAYERS = {  # layer -> module prefixes, lowest first
     "base": ("simsiam_eval.errors", "simsiam_eval.atomic", "simsiam_eval.safe_pickle", "simsiam_eval.provenance",
              "simsiam_eval.precision", "simsiam_eval.config", "simsiam_eval.configs", "simsiam_eval.distributed",
-             "simsiam_eval.metrics_log", "simsiam_eval.mapped"),
+             "simsiam_eval.metrics_log", "simsiam_eval.mapped", "simsiam_eval.run_lock"),
     "shared": ("simsiam_eval.models", "simsiam_eval.data", "simsiam_eval.checkpoints", "simsiam_eval.results",
                "simsiam_eval.features"),
     "protocols": ("simsiam_eval.knn", "simsiam_eval.linear", "simsiam_eval.report", "pretrain", "transfer"),

@@ -14,6 +14,7 @@ low-shot: either mode trains on a subset of the training images (``label_fractio
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,7 @@ from simsiam_eval.linear.trainer import LinearTrainer, build_classifier, build_o
 from simsiam_eval.models import pool5
 from simsiam_eval.precision import autocast, memory_format, precision_name
 from simsiam_eval.results.records import build_record
+from simsiam_eval.run_lock import hold_output_dir
 
 
 def resolved_hyperparameters(cfg: Config) -> tuple[int, float, float]:
@@ -174,8 +176,14 @@ def _snapshot(module) -> dict[str, torch.Tensor]:
 
 
 def run_linear(cfg: Config, info: DistInfo) -> dict:
-    """Train (or resume) the linear probe of ``cfg.checkpoint``; return its record."""
+    """Train (or resume) the linear probe of ``cfg.checkpoint``; return its record. The run holds
+    ``cfg.output_dir``: another run into the same folder is refused while this one lives."""
     check_linear_config(cfg)
+    with hold_output_dir(cfg.output_dir, info.is_main) if cfg.output_dir else contextlib.nullcontext():
+        return _run_linear(cfg, info)
+
+
+def _run_linear(cfg: Config, info: DistInfo) -> dict:
     started, clock = time.time(), time.perf_counter()
     cfg = Config({**cfg, "image_size": evaluation_size(cfg.image_size, cfg.train)})
     if info.is_main:
