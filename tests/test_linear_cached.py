@@ -9,7 +9,7 @@ import torch
 import simsiam_eval.features as features_module
 from simsiam_eval.linear.cached import CachedViews, sequential_batches
 from simsiam_eval.linear.evaluate import run_linear
-from simsiam_eval.mapped import MappedPages
+from simsiam_eval.mapped import MappedTensor
 from test_linear import CPU, probe_config
 
 
@@ -74,8 +74,8 @@ def file_pages_mib() -> float:
 def test_read_pages_of_a_mapped_cache_leave_the_resident_set(tmp_path):
     features = torch.randn(16384, 2048).half()  # 64 MiB
     mapped = mapped_copy(features, tmp_path / "big.pt")
-    pages = MappedPages(mapped)
-    assert pages.mapped and not MappedPages(features).mapped
+    pages = MappedTensor(mapped)
+    assert pages.mapped and not MappedTensor(features).mapped
     before = file_pages_mib()
     assert torch.equal(mapped.float().half(), features)  # every page read
     grown = file_pages_mib()
@@ -83,7 +83,7 @@ def test_read_pages_of_a_mapped_cache_leave_the_resident_set(tmp_path):
     released = file_pages_mib()
     assert grown - before > 48 and grown - released > 48
     assert torch.equal(mapped, features)  # still readable, from the page cache
-    MappedPages(features).release()  # anonymous memory: nothing is advised, nothing lost
+    MappedTensor(features).release()  # anonymous memory: nothing is advised, nothing lost
     assert torch.equal(mapped, features)
 
 
@@ -105,3 +105,19 @@ def test_a_warm_float16_cache_trains_the_classifier_of_a_cold_run(shapes_root, t
              for name in ("cold", "warm")]
     assert all(torch.equal(state[0][k], state[1][k]) for k in state[0])
     assert warm["metrics"] == cold["metrics"]
+
+
+def test_rows_of_a_mapped_file_are_read_without_mapping_them(tmp_path):
+    features = torch.randn(16384, 2048).half()  # 64 MiB
+    mapped = mapped_copy(features, tmp_path / "big.pt")
+    source = MappedTensor(mapped)
+    indices = torch.randint(16384, (400,), generator=torch.Generator().manual_seed(0))
+    before = file_pages_mib()
+    rows = source.rows(indices)
+    assert torch.equal(rows, features[indices])
+    assert file_pages_mib() - before < 8  # mapped reads would map >= 400 x 64 KiB (fault-around), here ~1.5 MB a row
+    numpy_mapped = torch.from_numpy(np.memmap(tmp_path / "raw.f16", dtype=np.float16, mode="w+", shape=(300, 7)))
+    numpy_mapped[:] = features[:300, :7]
+    assert torch.equal(MappedTensor(numpy_mapped).rows(indices[indices < 300]), features[:300, :7][indices[indices < 300]])
+    labels = torch.arange(16384) * 3
+    assert torch.equal(MappedTensor(labels).rows(indices), labels[indices])  # in memory: plain indexing

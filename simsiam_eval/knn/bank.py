@@ -4,7 +4,8 @@ A bank small enough (:data:`RESIDENT_BYTES` in float32) is normalised once and k
 (ImageNet: 1.28M x 2048 = 10.5 GB in float32) stays as it is given, typically float16 memory-mapped
 from disk, and every pass over it normalises one shard of :data:`SHARD_BYTES` at a time: the search,
 the exact re-ranking's gathers and its whole-bank scans never hold more than a shard in float32, and
-the pages of a memory-mapped bank go back to the page cache once read (simsiam_eval/mapped.py).
+a memory-mapped bank is read without keeping its pages (gathers by pread, shards released after use:
+simsiam_eval/mapped.py).
 A row is normalised by the same function wherever it is read (:func:`~simsiam_eval.knn.vote.l2_normalize`,
 row by row), so a shard and a gather give bit-identical rows.
 """
@@ -15,7 +16,7 @@ from typing import Iterator
 import torch
 
 from simsiam_eval.knn.vote import l2_normalize
-from simsiam_eval.mapped import MappedPages
+from simsiam_eval.mapped import MappedTensor
 
 RESIDENT_BYTES = 2 << 30  # normalise and keep banks up to 2 GiB of float32 (ImageNet-100 at 2048-d: 1 GiB)
 SHARD_BYTES = 256 << 20   # rows per pass over a larger bank: 256 MiB of float32
@@ -35,7 +36,7 @@ class FeatureBank:
         if shard_rows is None:
             shard_rows = self.n if self.n * row_bytes <= RESIDENT_BYTES else SHARD_BYTES // row_bytes
         self.shard_rows = max(1, min(shard_rows, self.n))
-        self._pages = MappedPages(features)
+        self._source = MappedTensor(features)
         self._resident = self._normalize(features) if self.shard_rows >= self.n else None
 
     def __len__(self) -> int:
@@ -51,7 +52,7 @@ class FeatureBank:
         if self.normalized:
             return rows
         unit = l2_normalize(rows)
-        self._pages.release()
+        self._source.release()
         return unit
 
     def shards(self) -> Iterator[tuple[int, torch.Tensor]]:
@@ -67,7 +68,7 @@ class FeatureBank:
         if self._resident is not None:
             return self._resident[indices]
         flat = indices.reshape(-1)
-        return self._normalize(self.features[flat]).reshape(*indices.shape, self.dim)
+        return self._normalize(self._source.rows(flat)).reshape(*indices.shape, self.dim)
 
 
 def as_bank(bank: torch.Tensor | FeatureBank) -> FeatureBank:

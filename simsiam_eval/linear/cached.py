@@ -2,18 +2,19 @@
 
 The training set is ``views`` feature tensors (N, D), as the cache holds them: float32, or float16
 memory-mapped from disk (ImageNet: 1.28M x 2048 x 2 bytes = 5.2 GB a view). Nothing is loaded whole:
-each batch gathers its rows (one view per image, drawn per epoch), converts them to float32 and moves
-them to the device, and the pages read are handed back to the page cache (simsiam_eval/mapped.py), so
-the resident memory stays at a few batches whatever the size of the cache.
+each batch gathers its rows (one view per image, drawn per epoch; read with pread from a mapped file,
+simsiam_eval/mapped.py, one batch ahead in a background thread), converts them to float32 and moves
+them to the device, so the resident memory stays at a few batches whatever the size of the cache.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from simsiam_eval.mapped import MappedPages
+from simsiam_eval.mapped import MappedTensor
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -27,7 +28,7 @@ class CachedViews:
         self.views, self.labels = list(views), labels
         self.rows = None if subset is None else torch.as_tensor(subset, dtype=torch.int64)
         self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.pages = [MappedPages(view) for view in self.views]
+        self.sources = [MappedTensor(view) for view in self.views]
 
     def __len__(self) -> int:
         return len(self.labels) if self.rows is None else len(self.rows)
@@ -35,10 +36,11 @@ class CachedViews:
     def gather(self, images: torch.Tensor, view_of: torch.Tensor) -> torch.Tensor:
         """float32 rows of ``images`` (indices into the data set), each from its view ``view_of``."""
         out = torch.empty(len(images), self.views[0].shape[1], dtype=torch.float32)
-        for view, features in enumerate(self.views):
+        for view, source in enumerate(self.sources):
             at = (view_of == view).nonzero().squeeze(1)
             if len(at):
-                out[at] = features[images[at]].float()
+                out[at] = source.rows(images[at]).float()
+                source.release()
         return out
 
     def batches(self, epoch: int) -> Iterator[Batch]:
@@ -47,23 +49,24 @@ class CachedViews:
         n = len(self)
         order = torch.randperm(n, generator=generator)
         view = torch.randint(len(self.views), (n,), generator=generator)
+        plan = []
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            images = idx if self.rows is None else self.rows[idx]
-            features = self.gather(images, view[idx])
-            self.release()
-            yield features.to(self.device, non_blocking=True), self.labels[images].to(self.device)
-
-    def release(self) -> None:
-        for pages in self.pages:
-            pages.release()
+            plan.append((idx if self.rows is None else self.rows[idx], view[idx]))
+        with ThreadPoolExecutor(max_workers=1) as ahead:  # reads the next batch while this one trains
+            pending = ahead.submit(self.gather, *plan[0]) if plan else None
+            for step, (images, _) in enumerate(plan):
+                features = pending.result()
+                if step + 1 < len(plan):
+                    pending = ahead.submit(self.gather, *plan[step + 1])
+                yield features.to(self.device, non_blocking=True), self.labels[images].to(self.device)
 
 
 def sequential_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int,
                        device: torch.device) -> Iterator[Batch]:
     """``features`` (any float dtype, possibly memory-mapped) in order, as float32 batches on ``device``."""
-    pages = MappedPages(features)
+    source = MappedTensor(features)
     for start in range(0, len(labels), batch_size):
         rows = features[start:start + batch_size].float()
-        pages.release()
+        source.release()
         yield rows.to(device, non_blocking=True), labels[start:start + batch_size].to(device)

@@ -7,7 +7,8 @@ protocol: frozen backbone in eval mode; every step embeds RandomResizedCrop+flip
           epoch; at the end the backbone must be bit-identical. The record's top-1/top-5 are the best
           epoch's, as main_lincls reports them; the last epoch's are kept beside them.
 cached:   the same classifier and optimiser on pool5 features computed once (the eval view, or
-          ``views`` cached augmented views per image, one drawn per image per epoch).
+          ``views`` cached augmented views per image, one drawn per image per epoch), streamed from the
+          feature cache batch by batch (linear/cached.py), never held whole in float32.
 low-shot: either mode trains on a subset of the training images (``label_fraction`` of each class drawn
           with ``subset_seed``, or the images ``subset_file`` lists) and validates on the full val set;
           cached mode extracts (or reuses) the features of the full training set and selects the subset.
