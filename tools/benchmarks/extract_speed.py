@@ -3,7 +3,7 @@
 
 The cost of every kNN and cached-linear run is one backbone pass over the data. Three extractors run
 on the same model, data, batch size and loader settings, in alternating rounds (machine load hits all
-alike), and print images/s (median of the rounds) and ratios:
+alike; each round starts with the next method), and print images/s (median of the rounds) and ratios:
 
 - dino-style: the loop of DINO's eval_knn.extract_features re-stated: ``model(samples).clone()`` per
   batch, ``index_copy_`` into a (N, D) tensor allocated at the first batch, fp32;
@@ -106,9 +106,10 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for name, run in runs.items():  # warm-up (oneDNN kernels, worker start-up paths)
         timed(run)
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            rates[name].append(len(dataset) / timed(run))
+    names = list(runs)
+    for round_index in range(args.rounds):  # each round starts with the next method: no fixed order bias
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            rates[name].append(len(dataset) / timed(runs[name]))
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"feature extraction: {args.checkpoint} at {size} px on {len(dataset):,} images of {args.data}, batch "
           f"{args.batch_size}, {args.workers} loader workers, {torch.get_num_threads()} threads, "
