@@ -25,24 +25,12 @@ import time
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from pretrain.train import WithIndex  # (image, index) items, as DINO's ReturnIndexDataset
 from simsiam_eval.data.sizes import evaluation_size, evaluation_transform
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.features import extract_features, load_frozen_backbone
 from simsiam_eval.models import pool5
 from simsiam_eval.precision import CPU_BF16, FP32
-
-
-class WithIndex(Dataset):
-    """(image, index) pairs, as DINO's ReturnIndexDataset gives them."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        return self.dataset[index][0], index
 
 
 @torch.no_grad()

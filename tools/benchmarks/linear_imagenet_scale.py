@@ -29,14 +29,10 @@ from pathlib import Path
 
 import torch
 
+from knn_imagenet_scale import rss_peak_bytes  # VmHWM of this process (this folder)
+
 IMAGENET_TRAIN, IMAGENET_VAL, IMAGENET_CLASSES, EPOCHS = 1_281_167, 50_000, 1000, 90
 GIB = 1 << 30
-
-
-def rss_peak_bytes() -> int:
-    """This process's peak RSS (VmHWM)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def synthetic_features(centres: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
