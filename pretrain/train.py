@@ -25,7 +25,7 @@ from simsiam_eval.config import Config, dump_config, save_config
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.data.subsets import balanced_subset
 from simsiam_eval.data.transforms import MultiViewTransform, simsiam_augmentation
-from simsiam_eval.distributed import DistInfo, all_ranks_agree, all_reduce_mean, barrier, cleanup, init_distributed
+from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, loss_is_finite
 from simsiam_eval.errors import NonFiniteLoss, UserError
 from simsiam_eval.metrics_log import MetricsLog
 from simsiam_eval.models import Pool5
@@ -165,7 +165,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, scaler, cfg
             loss = paired_views_loss([p.float() for p in ps], [t.float() for t in ts],
                                      similarity=cfg.loss.similarity, symmetric=cfg.loss.symmetric,
                                      stop_gradient=cfg.loss.stop_gradient)
-            if not all_ranks_agree(bool(torch.isfinite(loss.detach()))):
+            if not loss_is_finite(loss, steps + 1, PROGRESS_EVERY):
                 raise NonFiniteLoss(epoch + 1, steps + 1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -297,7 +297,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
             stats = train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, lr, metrics, targets)
         except NonFiniteLoss as exc:
             saved = list_checkpoints(output_dir)
-            raise UserError(f"{output_dir}: {exc}; stopped before that step; last good checkpoint: "
+            raise UserError(f"{output_dir}: {exc}; stopped, the epoch is not saved; last good checkpoint: "
                             f"{saved[-1] if saved else output_dir / INIT_NAME} (a re-run resumes from it: lower "
                             "optim.base_lr first if the loss diverged)") from None
         record = {"epoch": epoch + 1, "lr": lr, "collapse_reference": reference, **stats}

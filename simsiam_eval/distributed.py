@@ -106,6 +106,15 @@ def all_ranks_agree(flag: bool) -> bool:
     return bool(value.item())
 
 
+def loss_is_finite(loss: torch.Tensor, step: int, every_on_gpu: int = 10) -> bool:
+    """False when ``loss`` is NaN or Inf on any process. Every step is checked on the CPU; on a GPU only
+    every ``every_on_gpu``-th (each check waits for the device), so a bad step is seen up to that late.
+    A collective under torch.distributed: every process calls it at the same steps."""
+    if loss.device.type == "cuda" and step % every_on_gpu:
+        return True
+    return all_ranks_agree(bool(torch.isfinite(loss.detach())))
+
+
 def cleanup() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():

@@ -11,7 +11,8 @@ class UserError(Exception):
 
 
 class NonFiniteLoss(Exception):
-    """A training step's loss was NaN or Inf (on some process), found before the step changed any weight."""
+    """A training step's loss was NaN or Inf (on some process): on the CPU found before that step changed any
+    weight, on a GPU up to a few steps later (simsiam_eval.distributed.loss_is_finite)."""
 
     def __init__(self, epoch: int, step: int) -> None:
         super().__init__(f"the loss is NaN or Inf at epoch {epoch}, step {step}")

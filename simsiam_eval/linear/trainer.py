@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save
-from simsiam_eval.distributed import all_ranks_agree, all_reduce_sum
+from simsiam_eval.distributed import all_reduce_sum, loss_is_finite
 from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, NonFiniteLoss, UserError
 from simsiam_eval.linear.defaults import OPTIMIZERS
 from simsiam_eval.linear.lars import LARS
@@ -64,14 +64,14 @@ def record_metrics(history: Sequence[Mapping]) -> dict[str, float]:
 def train_epoch(fc: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, reduce: bool = False,
                 progress: bool = False, desc: str = "train", epoch: int = 1) -> float:
     """One pass of cross-entropy training (``epoch``, 1-based, names it in errors); returns the mean loss
-    per sample. A NaN/Inf loss raises NonFiniteLoss before its step."""
+    per sample. A NaN/Inf loss raises NonFiniteLoss (on the CPU before its step)."""
     fc.train()
     device = next(fc.parameters()).device
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     for step, (features, labels) in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False,
                                                    unit="batch")):
         loss = F.cross_entropy(fc(features), labels)
-        if not all_ranks_agree(bool(torch.isfinite(loss.detach()))):
+        if not loss_is_finite(loss, step + 1):
             raise NonFiniteLoss(epoch, step + 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -165,7 +165,7 @@ class LinearTrainer:
                                        desc=f"linear epoch {epoch + 1}/{self.epochs}", epoch=epoch + 1)
                 except NonFiniteLoss as exc:
                     last = f"{self.state_path} (epoch {epoch})" if epoch and self.state_path else "none"
-                    raise UserError(f"linear probe: {exc}; stopped before that step; last good state: {last}") from None
+                    raise UserError(f"linear probe: {exc}; stopped, the epoch is not saved; last good state: {last}") from None
                 # evaluation uses the bare classifier: processes may hold different numbers of val batches
                 metrics = evaluate(self.classifier, val_batches(), reduce)
                 row = {"epoch": epoch + 1, "loss": loss, "lr": lr, **metrics, "seconds": time.perf_counter() - start}
