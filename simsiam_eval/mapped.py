@@ -81,9 +81,12 @@ class MappedTensor:
         return self.span is not None
 
     def rows(self, indices: torch.Tensor) -> torch.Tensor:
-        """``tensor[indices]`` (indices into dim 0); read from the file with pread when mapped."""
+        """``tensor[indices]`` (indices into dim 0); read from the file with pread when mapped (through the
+        mapping, then released, when the file cannot be opened by name)."""
         if self.file_offset is None:
-            return self.tensor[indices]
+            rows = self.tensor[indices]
+            self.release()
+            return rows
         out = torch.empty((len(indices), *self.tensor.shape[1:]), dtype=self.tensor.dtype)
         row_bytes = self.tensor[0].numel() * self.tensor.element_size()
         buffer = memoryview(out.view(torch.uint8).numpy()).cast("B")

@@ -40,7 +40,6 @@ class CachedViews:
             at = (view_of == view).nonzero().squeeze(1)
             if len(at):
                 out[at] = source.rows(images[at]).float()
-                source.release()
         return out
 
     def batches(self, epoch: int) -> Iterator[Batch]:
