@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from simsiam_eval.atomic import atomic_torch_save
-from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError, one_line
+from simsiam_eval.checkpoints.files import load_file
+from simsiam_eval.errors import UserError
 
 NAME = re.compile(r"^checkpoint_(\d{4,})\.pth\.tar$")
 # The weights before the first step (epoch 0), in the same layout: the controlled "no pretraining"
@@ -73,16 +74,11 @@ def save_checkpoint(output_dir: Path, state: dict[str, Any], keep_last: int = 0)
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load one of our checkpoints safely (``weights_only``), with one-line errors."""
+    """Load one of our checkpoints safely (the one checkpoint-file reader), with one-line errors."""
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE_FILE_ERRORS as exc:  # truncated zip, pickle of foreign objects, ...
-        reason = one_line(exc)  # the type's name when the message is empty (EOFError of a truncated file)
-        detail = reason if reason == type(exc).__name__ else f"{type(exc).__name__}: {reason}"
-        raise UserError(f"{path}: not a readable checkpoint ({detail})") from None
-    missing = [k for k in ("epoch", "arch", "state_dict", "optimizer") if k not in state]
+    state = load_file(path)
+    missing = [k for k in ("epoch", "arch", "state_dict", "optimizer") if not isinstance(state, dict) or k not in state]
     if missing:
         raise UserError(f"{path}: not a SimSiam training checkpoint (missing {', '.join(missing)})")
     return state

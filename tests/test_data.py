@@ -88,7 +88,7 @@ def test_cifar_pickle_carrying_code_is_refused(tmp_path):
             return (print, ("pwned",))
 
     (tmp_path / "c" / "test_batch").write_bytes(pickle.dumps({"data": Exploit()}))
-    with pytest.raises(UserError, match=r"test_batch: not a readable CIFAR batch .*refusing to load builtins.print"):
+    with pytest.raises(UserError, match=r"test_batch: refused to load a CIFAR batch that carries code: refusing to load builtins.print"):
         open_dataset(f"cifar10:{tmp_path / 'c'}@test")
 
 

@@ -230,12 +230,26 @@ def load_voc_folder(folder: Path, split: str, class_names: list[str] | tuple[str
             if obj.name not in index:
                 raise UserError(f"{xml}: class '{obj.name}' is not among the {len(class_names)} classes "
                                 f"({', '.join(class_names[:6])}{', ...' if len(class_names) > 6 else ''})")
+            check_voc_box(xml, obj, width, height)
             x0, y0, x1, y1 = obj.box
             annotations.append({"category_id": index[obj.name], "bbox": [x0 - 1.0, y0 - 1.0, x1, y1],
                                 "bbox_mode": BOX_MODE_XYXY_ABS, "difficult": obj.difficult})
         dicts.append({"file_name": str(image), "image_id": image_id, "height": height, "width": width,
                       "annotations": annotations})
     return dicts
+
+
+def check_voc_box(xml: Path, obj: VocObject, width: int, height: int) -> None:
+    """A box with its corners in order that overlaps the image (a box partly outside is clipped by Detectron2,
+    as for its own VOC loader; one entirely outside can only be an annotation error)."""
+    x0, y0, x1, y1 = obj.box
+    where = f"{xml}: object '{obj.name}'"
+    if x1 < x0 or y1 < y0:
+        axis = f"xmax {x1:g} < xmin {x0:g}" if x1 < x0 else f"ymax {y1:g} < ymin {y0:g}"
+        raise UserError(f"{where} has {axis}")
+    if x0 > width or y0 > height or x1 < 1 or y1 < 1:
+        raise UserError(f"{where} has its box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) entirely outside the "
+                        f"{width}x{height} image")
 
 
 def voc_ground_truth(folder: Path, split: str) -> dict[str, list[VocObject]]:
@@ -247,6 +261,10 @@ def voc_ground_truth(folder: Path, split: str) -> dict[str, list[VocObject]]:
 # --------------------------------------------------------------------------------------- COCO
 
 
+COCO_REQUIRED = {"images": ("id", "file_name", "height", "width"), "categories": ("id", "name"),
+                 "annotations": ("image_id", "category_id", "bbox")}
+
+
 def read_coco_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
@@ -256,6 +274,11 @@ def read_coco_json(path: Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
         raise UserError(f"{path}: not a COCO instances file (needs images, annotations and categories)")
+    for part, keys in COCO_REQUIRED.items():
+        for i, record in enumerate(data[part]):
+            missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+            if missing:
+                raise UserError(f"{path}: {part}[{i}] lacks {', '.join(repr(k) for k in missing)}")
     return data
 
 
@@ -290,9 +313,15 @@ def load_coco_json(json_file: Path, image_root: Path) -> list[dict]:
         if ann.get("category_id") not in id_map:
             raise UserError(f"{json_file}: annotation {ann.get('id')} has category_id "
                             f"{ann.get('category_id')!r}, not among the categories")
-        obj = {"bbox": [float(v) for v in ann["bbox"]], "bbox_mode": BOX_MODE_XYWH_ABS,
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise UserError(f"{json_file}: annotation {ann.get('id')} has bbox {bbox!r}, not [x, y, width, height]")
+        obj = {"bbox": [float(v) for v in bbox], "bbox_mode": BOX_MODE_XYWH_ABS,
                "category_id": id_map[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0))}
         if "segmentation" in ann:
+            if not ann["segmentation"] or ann["segmentation"] == [[]]:
+                raise UserError(f"{json_file}: annotation {ann.get('id')} has an empty segmentation; give its "
+                                "polygons or RLE, or drop the segmentation key for a box-only data set")
             segm = _coco_segmentation(ann["segmentation"])
             if segm is None:
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ def load_file(path: str | Path) -> Any:
     with open(path, "rb") as f:
         head = f.read(16)
     if head[:4] == b"PK\x03\x04":
+        check_zip_records(path)
         return _torch_load(path)
     if _is_safetensors(head, size):
         return _safetensors_load(path)
@@ -66,6 +68,20 @@ class Placeholder:
 
     def __repr__(self) -> str:
         return f"<placeholder for {type(self).__qualname__}>"
+
+
+def check_zip_records(path: Path) -> None:
+    """Check the CRC-32 that a torch file's zip container stores per record (torch.load does not: a
+    flipped bit inside a tensor loads silently); a truncated container is reported here too."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"{path}: truncated or damaged torch file (its zip container is unreadable: "
+                        f"{one_line(exc)})") from None
+    if bad is not None:
+        raise UserError(f"{path}: damaged: record {bad} fails its CRC-32 check (a flipped bit or a partial "
+                        "overwrite); restore the file from a copy")
 
 
 def _torch_load(path: Path) -> Any:

@@ -7,7 +7,7 @@ import numpy as np
 
 from simsiam_eval.data.arrays import ArrayImageDataset
 from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError
-from simsiam_eval.safe_pickle import safe_load
+from simsiam_eval.safe_pickle import RefusedPickle, safe_load
 
 IMAGE_SIZE = 32  # every CIFAR image is 32 x 32
 _LAYOUT = {
@@ -24,7 +24,9 @@ def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             batch = safe_load(f, encoding="latin1")
-    except UNREADABLE_FILE_ERRORS as exc:  # a corrupt or foreign file (RefusedPickle is an UnpicklingError)
+    except RefusedPickle as exc:
+        raise UserError(f"{path}: refused to load a CIFAR batch that carries code: {exc}") from None
+    except UNREADABLE_FILE_ERRORS as exc:  # a corrupt or foreign file
         raise UserError(f"{path}: not a readable CIFAR batch ({type(exc).__name__}: {exc})") from None
     if not isinstance(batch, dict):
         raise UserError(f"{path}: not a CIFAR batch (expected a dict)")

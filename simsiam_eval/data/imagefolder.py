@@ -15,7 +15,9 @@ def load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             image = Image.open(f)
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: corrupt or unreadable image (not a format PIL reads, or a damaged header)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path}: corrupt or unreadable image ({exc})") from None
 
 

@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from simsiam_eval.atomic import atomic_torch_save
 from simsiam_eval.distributed import all_reduce_sum, loss_is_finite
-from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, NonFiniteLoss, UserError
+from simsiam_eval.checkpoints.files import load_file
+from simsiam_eval.errors import NonFiniteLoss, UserError
+from simsiam_eval.fault_points import fault_point
 from simsiam_eval.linear.defaults import OPTIMIZERS
 from simsiam_eval.linear.lars import LARS
 from simsiam_eval.metrics_log import MetricsLog
@@ -133,10 +135,9 @@ class LinearTrainer:
         if path is None or not path.is_file():
             return 0
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except UNREADABLE_FILE_ERRORS as exc:
-            raise UserError(f"{path}: unreadable linear-probe state ({type(exc).__name__}); delete it or "
-                            "pass resume=false") from None
+            state = load_file(path)
+        except UserError as exc:
+            raise UserError(f"{exc}; it is a saved linear-probe state: delete it or pass resume=false") from None
         if state.get("identity") != self.identity:
             changed = sorted(k for k in set(self.identity) | set(state.get("identity", {}))
                              if self.identity.get(k) != state.get("identity", {}).get(k))
@@ -166,6 +167,7 @@ class LinearTrainer:
                 except NonFiniteLoss as exc:
                     last = f"{self.state_path} (epoch {epoch})" if epoch and self.state_path else "none"
                     raise UserError(f"linear probe: {exc}; stopped, the epoch is not saved; last good state: {last}") from None
+                fault_point("epoch-end")
                 # evaluation uses the bare classifier: processes may hold different numbers of val batches
                 metrics = evaluate(self.classifier, val_batches(), reduce)
                 row = {"epoch": epoch + 1, "loss": loss, "lr": lr, **metrics, "seconds": time.perf_counter() - start}
