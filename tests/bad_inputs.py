@@ -327,6 +327,7 @@ class BadInput:
     note: str = field(default="", compare=False)
 
 
+COMMAND_NAMES = {"transfer-coco": "transfer", "pretrain-resume": "pretrain resume=FILE"}
 CHECKPOINT_COMMANDS = ("convert", "knn", "linear", "transfer")
 CORPUS = [
     BadInput("zero-byte checkpoint", zero_byte, "empty file", CHECKPOINT_COMMANDS + ("pretrain-resume",)),
@@ -337,7 +338,8 @@ CORPUS = [
              note="a pre-1.6 torch file has no checksum: a bit flip inside a tensor cannot be detected"),
     BadInput(".pth whose pickle calls os.system", pth_with_code, r"carries code \(posix\.system\)",
              CHECKPOINT_COMMANDS, hostile=True),
-    BadInput("legacy .pth whose pickle calls os.system", legacy_pth_with_code, "refused to load", ("convert", "knn"),
+    BadInput("legacy .pth whose pickle calls os.system", legacy_pth_with_code, r"carries code \(posix\.system\)",
+             ("convert", "knn"),
              hostile=True),
     BadInput(".pkl with a __reduce__ payload", pkl_with_code, "carries code", ("convert", "knn", "transfer"),
              hostile=True),
@@ -407,15 +409,20 @@ def run_case(case: BadInput, command: str, folder: Path) -> tuple[int, str, Path
 
 
 def main() -> None:
+    """Print one table row per file: the commands that read it and the message they give (the same for all)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args()
-    print("| file | command | message |\n|---|---|---|")
+    print("| file | commands | message (after `simsiam-eval COMMAND: error:`) |\n|---|---|---|")
     for case in CORPUS:
+        rows: dict[str, tuple[str, list[str]]] = {}  # messages that differ only in numbers share a row
         for command in case.commands:
             with tempfile.TemporaryDirectory() as tmp:
                 code, err, _ = run_case(case, command, Path(tmp))
-                message = err.strip().splitlines()[-1] if err.strip() else f"(exit {code}, no message)"
-                print(f"| {case.name} | {command.split('-')[0]} | {message.replace(tmp + '/', '').replace('|', '/')} |")
+            line = err.strip().splitlines()[-1] if err.strip() else f"(exit {code}, no message)"
+            message = line.split(": error: ", 1)[-1].replace(tmp + "/", "")
+            rows.setdefault(re.sub(r"\d+", "N", message), (message, []))[1].append(COMMAND_NAMES.get(command, command))
+        for message, commands in rows.values():
+            print(f"| {case.name} | {', '.join(dict.fromkeys(commands))} | {message.replace('|', '/')} |")
     sys.stdout.flush()
 
 

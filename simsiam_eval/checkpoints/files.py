@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -54,6 +55,11 @@ _HOSTILE_MODULES = {"os", "posix", "nt", "subprocess", "builtins", "__builtin__"
                     "torch.serialization", "torch._C", "operator", "functools"}
 
 
+def _is_hostile(name: str) -> bool:
+    """A global such as ``posix.system``, whose module only a file crafted to run code names."""
+    return name.rpartition(".")[0] in _HOSTILE_MODULES or name.split(".")[0] in _HOSTILE_MODULES
+
+
 class Placeholder:
     """Stands in for a non-tensor object of a checkpoint (argparse.Namespace, an OmegaConf config...).
 
@@ -90,6 +96,9 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
+        refused = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc))
+        if refused and _is_hostile(refused.group(1)):
+            raise UserError(f"{path}: refused to load: the file carries code ({refused.group(1)})") from None
     except UNREADABLE_FILE_ERRORS as exc:
         raise UserError(f"{path}: cannot read, truncated or not a checkpoint ({one_line(exc)})") from None
     return _torch_load_with_placeholders(path)
@@ -103,7 +112,7 @@ def _torch_load_with_placeholders(path: Path) -> Any:
     except UNREADABLE_FILE_ERRORS as exc:
         raise UserError(f"{path}: refused to load: it holds Python objects other than tensors and containers "
                         f"({one_line(exc)})") from None
-    hostile = sorted(n for n in names if n.rpartition(".")[0] in _HOSTILE_MODULES or n.split(".")[0] in _HOSTILE_MODULES)
+    hostile = sorted(name for name in names if _is_hostile(name))
     if hostile:
         raise UserError(f"{path}: refused to load: the file carries code ({', '.join(hostile)})")
     stubs = [(type(name.rpartition(".")[2], (Placeholder,), {"__qualname__": name}), name) for name in names]
