@@ -4,13 +4,17 @@ A write that fails because the disk is full or read-only (ENOSPC, EDQUOT, EFBIG,
 is a one-line UserError naming the target; the temporary file is removed and the target, if it
 existed, is left as it was. torch's own writer reports such a failure as a RuntimeError whose
 context is the OSError (files are handed to it as Python file objects so that the OSError is kept).
+A writer killed with SIGKILL leaves the target as it was and its temporary file behind; the next write
+of the same target deletes it (tools/fault_injection.py checks both).
 """
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from simsiam_eval.errors import UserError
+from simsiam_eval.fault_points import fault_point
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO}
 
@@ -39,16 +44,43 @@ def _free_space(folder: Path) -> str:
         return "free space unknown"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete the temporary files of earlier writes of ``target`` whose writer on this host is dead
+    (killed between writing and renaming: SIGKILL runs no clean-up)."""
+    head, host = f".{target.name}.", f"@{socket.gethostname()}."
+    for path in target.parent.glob(f"{glob.escape(head)}*.tmp"):
+        writer = path.name[len(head):]  # PID@HOST.RANDOM.tmp
+        pid = writer.partition("@")[0]
+        if pid.isdigit() and writer[len(pid):].startswith(host) and not _pid_alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto ``target`` on success."""
+    """Yield a temporary path in the target's folder; rename it onto ``target`` on success.
+
+    The temporary file is named after the target, the writer's pid and host; a write first deletes
+    those a dead writer left."""
     target = Path(target)
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}@{socket.gethostname()}.", suffix=".tmp",
+                                   dir=target.parent)
         os.close(fd)
         yield Path(tmp)
+        fault_point("atomic-rename")
         os.replace(tmp, target)
     except (OSError, RuntimeError) as exc:
         cause = storage_error(exc)

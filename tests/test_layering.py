@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("simsiam_eval", "pretrain", "transfer")
 
 LAYERS = {  # layer -> module prefixes, lowest first
-    "base": ("simsiam_eval.errors", "simsiam_eval.atomic", "simsiam_eval.safe_pickle", "simsiam_eval.provenance",
+    "base": ("simsiam_eval.errors", "simsiam_eval.fault_points", "simsiam_eval.atomic", "simsiam_eval.safe_pickle", "simsiam_eval.provenance",
              "simsiam_eval.precision", "simsiam_eval.config", "simsiam_eval.configs", "simsiam_eval.distributed",
              "simsiam_eval.metrics_log", "simsiam_eval.mapped", "simsiam_eval.run_lock"),
     "shared": ("simsiam_eval.models", "simsiam_eval.data", "simsiam_eval.checkpoints", "simsiam_eval.results",
