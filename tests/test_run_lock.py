@@ -48,3 +48,17 @@ def test_a_linear_probe_into_a_held_folder_is_refused(shapes_root, held_folder, 
     with pytest.raises(UserError, match=f"in use by another run \\(pid {holder.pid}"):
         run_linear(probe_config(shapes_root, tmp_path, mode="cached", epochs=1, output_dir=str(folder)), CPU)
     assert not (folder / "linear_state.pth").exists()
+
+
+@pytest.mark.detectron2
+def test_a_transfer_run_into_a_held_folder_is_refused_before_it_converts(data_root, held_folder, capsys):
+    from simsiam_eval.cli import main
+
+    folder, holder = held_folder
+    capsys.readouterr()
+    assert main(["transfer", "--checkpoint", "random:resnet18:cifar:16", "--task",
+                 "smoke/faster_rcnn_shapes_voc_r18_cifar.yaml", "--data-root", str(data_root),
+                 "--output-dir", str(folder), "--trials", "1", "--quiet", "SOLVER.MAX_ITER", "1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert f"in use by another run (pid {holder.pid}" in err and "\n" not in err
+    assert sorted(p.name for p in folder.iterdir()) == [".simsiam-eval.lock"]

@@ -22,6 +22,7 @@ from simsiam_eval.errors import UserError
 from simsiam_eval.precision import AMP_FP16, FP32
 from simsiam_eval.results.records import build_record
 from simsiam_eval.results.store import publish_record, resolve_db_path
+from simsiam_eval.run_lock import hold_output_dir
 from transfer.configs import task_config, task_data_name
 from transfer.datasets import dataset_root
 from transfer.preflight import check_classes, check_datasets, require_detectron2
@@ -186,18 +187,20 @@ def model_name(cfg) -> str:
     return name
 
 
-def prepare_weights(options: Config, cfg):
-    """The checkpoint read and converted into the run folder, matched against the detector; sets
-    MODEL.WEIGHTS. Returns (checkpoint, run folder)."""
+def read_fitting_checkpoint(options: Config, cfg):
+    """The checkpoint, matched against the detector, and the run folder it goes to."""
     from simsiam_eval.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(options.checkpoint, options.format)
     check_backbone_fits(cfg, ckpt, options.checkpoint)
-    output_dir = Path(options.output_dir) if options.output_dir else default_output_dir(options.task, ckpt)
+    return ckpt, Path(options.output_dir) if options.output_dir else default_output_dir(options.task, ckpt)
+
+
+def prepare_weights(options: Config, cfg, ckpt, output_dir: Path) -> None:
+    """The checkpoint converted into the run folder and checked against the detector; sets MODEL.WEIGHTS."""
     weights = convert_weights(options, ckpt, output_dir)
     cfg.MODEL.WEIGHTS = str(weights.resolve())
     print(f"weights check: {check_model_weights(cfg, weights)}")
-    return ckpt, output_dir
 
 
 def run_settings(options: Config, config_file: Path, cfg, devices: int, scaling: str,
@@ -249,7 +252,15 @@ def run_transfer(options: Config) -> dict:
     cfg, devices, scaling = resolve_config(options, config_file)
     print(f"task {options.task}: {config_file}\nschedule: {scaling}")
     check_data(cfg)
-    ckpt, output_dir = prepare_weights(options, cfg)
+    ckpt, output_dir = read_fitting_checkpoint(options, cfg)
+    with hold_output_dir(output_dir):
+        return _run_in_folder(options, cfg, ckpt, output_dir, config_file, devices, scaling, started)
+
+
+def _run_in_folder(options: Config, cfg, ckpt, output_dir: Path, config_file: Path, devices: int, scaling: str,
+                   started: float) -> dict:
+    """The trials and their records, in the run folder this process holds."""
+    prepare_weights(options, cfg, ckpt, output_dir)
     run_config = write_run_config(cfg, output_dir)
 
     data = {"name": task_data_name(options.task), "train": list(cfg.DATASETS.TRAIN), "test": list(cfg.DATASETS.TEST)}
