@@ -94,7 +94,7 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
                         pin_memory=device.type == "cuda", persistent_workers=False)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    feats, labels = [], []
+    features, label_tensor, done = None, torch.empty(len(local), dtype=torch.int64), 0
     layout = memory_format(precision)
     if layout != torch.contiguous_format:
         model.to(memory_format=layout)
@@ -103,12 +103,14 @@ def extract_features(model: nn.Module, dataset: Dataset, device: torch.device, b
                                     unit="batch", leave=False):
             with autocast(precision):
                 out = pool5(model, images.to(device, non_blocking=True).contiguous(memory_format=layout))
-            feats.append(out.float().cpu())
-            labels.append(torch.as_tensor(targets, dtype=torch.int64))
+            if features is None:  # one (N, D) tensor filled in place: no per-batch tensors kept alive
+                features = torch.empty(len(local), out.shape[1])
+            features[done:done + len(out)] = out
+            label_tensor[done:done + len(out)] = torch.as_tensor(targets, dtype=torch.int64)
+            done += len(out)
     finally:
         for module, training in modes:
             module.training = training
-    features, label_tensor = torch.cat(feats), torch.cat(labels)
     if size > 1:
         features, label_tensor = all_gather_rows(features, len(dataset)), all_gather_rows(label_tensor, len(dataset))
     return features, label_tensor
