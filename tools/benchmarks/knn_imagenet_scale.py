@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -41,6 +42,14 @@ def rss_now_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def class_noise_chunks(centres: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                       chunk: int = 65536) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, float16 rows) in chunks: the centre of each row's class plus 6 x Gaussian noise."""
+    for start in range(0, len(labels), chunk):
+        part = labels[start:start + chunk]
+        yield start, (centres[part] + 6.0 * torch.randn(len(part), centres.shape[1], generator=generator)).half()
+
+
 def make_data(folder: Path, rows: int, queries: int, dim: int, classes: int, seed: int = 0) -> Path:
     """A float16 bank file, float32 queries and labels (``.npy``), written once per size, chunk by chunk:
     class centres plus noise (the 100k benchmark's recipe), so neighbours are classes, not chance."""
@@ -52,10 +61,8 @@ def make_data(folder: Path, rows: int, queries: int, dim: int, classes: int, see
     centres = torch.randn(classes, dim, generator=g)
     bank = np.memmap(name / "bank.f16", dtype=np.float16, mode="w+", shape=(rows, dim))
     bank_labels = torch.randint(classes, (rows,), generator=g)
-    chunk = 65536
-    for start in range(0, rows, chunk):
-        labels = bank_labels[start:start + chunk]
-        bank[start:start + len(labels)] = (centres[labels] + 6.0 * torch.randn(len(labels), dim, generator=g)).half().numpy()
+    for start, rows_f16 in class_noise_chunks(centres, bank_labels, g):
+        bank[start:start + len(rows_f16)] = rows_f16.numpy()
     bank.flush()
     del bank
     query_labels = torch.randint(classes, (queries,), generator=g)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from knn_imagenet_scale import rss_peak_bytes  # VmHWM of this process (this folder)
+from knn_imagenet_scale import class_noise_chunks, rss_peak_bytes  # (this folder) the data recipe; VmHWM
 
 IMAGENET_TRAIN, IMAGENET_VAL, IMAGENET_CLASSES, EPOCHS = 1_281_167, 50_000, 1000, 90
 GIB = 1 << 30
@@ -38,10 +38,8 @@ GIB = 1 << 30
 def synthetic_features(centres: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """float16 rows: the centre of each row's class plus noise, written chunk by chunk."""
     out = torch.empty(len(labels), centres.shape[1], dtype=torch.float16)
-    for start in range(0, len(labels), 65536):
-        chunk = labels[start:start + 65536]
-        out[start:start + len(chunk)] = (centres[chunk] + 6.0 * torch.randn(len(chunk), centres.shape[1],
-                                                                            generator=generator)).half()
+    for start, rows in class_noise_chunks(centres, labels, generator):
+        out[start:start + len(rows)] = rows
     return out
 
 
