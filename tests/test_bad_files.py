@@ -109,3 +109,12 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_every_reader(tmp_pat
         err = capsys.readouterr().err.strip()
         assert "layer2.0.conv1.weight" in err and "diverged.pth.tar" in err and "\n" not in err, argv
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_a_bug_in_the_record_check_is_not_taken_for_a_damaged_file(tmp_path, monkeypatch):
+    import zipfile
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "good.pt")
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", bug)
+    with pytest.raises(TypeError, match="a bug in our code"):
+        files.load_file(tmp_path / "good.pt")
