@@ -27,6 +27,7 @@ from simsiam_eval.data.subsets import balanced_subset
 from simsiam_eval.data.transforms import MultiViewTransform, simsiam_augmentation
 from simsiam_eval.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, loss_is_finite
 from simsiam_eval.errors import NonFiniteLoss, UserError
+from simsiam_eval.fault_points import fault_point
 from simsiam_eval.metrics_log import MetricsLog
 from simsiam_eval.models import Pool5
 from simsiam_eval.precision import CPU_BF16, autocast, precision_name, uses_amp
@@ -300,6 +301,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
             raise UserError(f"{output_dir}: {exc}; stopped, the epoch is not saved; last good checkpoint: "
                             f"{saved[-1] if saved else output_dir / INIT_NAME} (a re-run resumes from it: lower "
                             "optim.base_lr first if the loss diverged)") from None
+        fault_point("epoch-end")
         record = {"epoch": epoch + 1, "lr": lr, "collapse_reference": reference, **stats}
         if cfg.knn.every_n_epochs and ((epoch + 1) % cfg.knn.every_n_epochs == 0 or epoch + 1 == cfg.epochs):
             record.update(run_knn_monitor(model, cfg, info))
@@ -308,8 +310,8 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                      "targets": targets.state_dict(),
                      "config": cfg.to_dict(), "versions": versions(), "git": git_revision()}
+            metrics.record(record, epoch + 1, prefix="epoch/")  # before the checkpoint: a resume truncates it
             last = save_checkpoint(output_dir, state, cfg.keep_last)
-            metrics.record(record, epoch + 1, prefix="epoch/")
             _log(info, _epoch_line(record, cfg.epochs))
             _warn_if_collapsed(info, record["collapse_std"], cfg, loader.batch_size)
         barrier()

@@ -28,6 +28,13 @@ _ARMED = os.environ.get(POINT_ENV) or None
 _passes: Counter = Counter()
 
 
+def arm(point: str | None) -> None:
+    """Arm ``point`` (``NAME@N``, ``*`` or None) in this process from zero passes: for in-process runs."""
+    global _ARMED
+    _ARMED = point
+    _passes.clear()
+
+
 def fault_point(name: str) -> None:
     """Pass the point ``name``: nothing unless ``SIMSIAM_EVAL_FAULT_POINT`` is set (see the module docstring)."""
     if _ARMED is None:

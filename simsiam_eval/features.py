@@ -27,6 +27,7 @@ from simsiam_eval.atomic import atomic_torch_save, atomic_write_json
 from simsiam_eval.data.specs import DatasetSpec, open_dataset, prepare_dataset
 from simsiam_eval.distributed import all_gather_rows, all_ranks_agree, barrier, world
 from simsiam_eval.errors import UNREADABLE_FILE_ERRORS, UserError, one_line
+from simsiam_eval.fault_points import fault_point
 from simsiam_eval.models import pool5
 from simsiam_eval.precision import FP32, autocast, memory_format
 
@@ -178,8 +179,9 @@ class FeatureCache:
     def save(self, key: str, features: torch.Tensor, labels: torch.Tensor, description: dict) -> None:
         blob = {"format": CACHE_FORMAT, "features": features.to(CACHE_DTYPES[self.dtype]),
                 "labels": labels, "description": json.dumps(description, sort_keys=True)}
+        atomic_write_json(description, self.root / f"{key}.json")  # first: the .pt file commits the entry
+        fault_point("cache-entry")
         atomic_torch_save(blob, self.path(key))
-        atomic_write_json(description, self.root / f"{key}.json")
 
     def round(self, features: torch.Tensor) -> torch.Tensor:
         """Features as they read back from the cache: a fresh run and a cache hit give equal numbers."""

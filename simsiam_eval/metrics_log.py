@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from simsiam_eval.atomic import atomic_write_text
+
 
 class MetricsLog:
     """Append-only ``metrics.jsonl`` plus optional TensorBoard scalars (call on rank 0 only)."""
@@ -33,12 +35,13 @@ class MetricsLog:
             self.writer.flush()
 
     def truncate_after(self, key: str, last: int) -> None:
-        """Drop lines whose ``key`` is beyond ``last`` (lines written after the checkpoint we resume from)."""
+        """Drop lines whose ``key`` is beyond ``last`` (lines written after the checkpoint we resume from)
+        and a last line cut short by a killed writer; the file is rewritten atomically."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get(key, 0) <= last]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        lines = self.path.read_text().split("\n")  # the last item: "" or a line the writer did not finish
+        kept = [line for line in lines[:-1] if line.strip() and json.loads(line).get(key, 0) <= last]
+        atomic_write_text("".join(line + "\n" for line in kept), self.path)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -21,7 +21,7 @@ from simsiam_eval.config import Config, require_keys
 from simsiam_eval.errors import UserError
 from simsiam_eval.precision import AMP_FP16, FP32
 from simsiam_eval.results.records import build_record
-from simsiam_eval.results.store import publish_record, resolve_db_path
+from simsiam_eval.results.store import append_record, publish_record, resolve_db_path
 from simsiam_eval.run_lock import hold_output_dir
 from transfer.configs import task_config, task_data_name
 from transfer.datasets import dataset_root
@@ -282,7 +282,11 @@ def _run_in_folder(options: Config, cfg, ckpt, output_dir: Path, config_file: Pa
     summary = aggregate(run_trials(trials, train, publish))
     print(f"\n{settings['model']} on {data['name']}, {len(trials)} trial(s), mean ± sample std:")
     print(format_summary(summary))
-    ids = [json.loads(t.record_file.read_text())["id"] for t in trials]
+    stored = [json.loads(t.record_file.read_text()) for t in trials]
+    if db_path is not None:
+        for trial_record in stored:  # a run killed between a record's file and its row: the row now (once: same id)
+            append_record(trial_record, db_path)
+    ids = [trial_record["id"] for trial_record in stored]
     record = build_record("transfer-aggregate", aggregate_metrics(summary), ckpt.record(), data,
                           {**settings, "trials": len(trials), "seeds": [t.seed for t in trials], "trial_records": ids},
                           started, time.time() - started, tags=options.tags, name=options.name or None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import (
     DefaultTrainer,
+    HookBase,
     default_argument_parser,
     default_setup,
     launch,
@@ -28,8 +30,9 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
 import transfer.roi_heads  # noqa: F401  (registers the Res5ROIHeads variants; transfer.backbone its backbone)
-from simsiam_eval.atomic import atomic_write_json
+from simsiam_eval.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 from simsiam_eval.errors import UserError, one_line
+from simsiam_eval.fault_points import fault_point
 from transfer.backbone import add_stem_config
 from transfer.evaluators import build_evaluator
 from transfer.register import register_datasets
@@ -58,13 +61,44 @@ def ddp_for_cpu_modules() -> Iterator[None]:
         d2_defaults.create_ddp_model = original
 
 
+class AtomicCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, its files written atomically (a temporary file renamed into place): a
+    trial killed while saving resumes from its previous checkpoint, never from a torn file or tag."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict(), **{k: v.state_dict() for k, v in self.checkpointables.items()},
+                **kwargs}
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        self.logger.info(f"Saving checkpoint to {path}")
+        atomic_torch_save(data, path)
+        self.tag_last_checkpoint(os.path.basename(path))
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+
+
+class FaultPointHook(HookBase):
+    """Passes the ``trial-step`` fault point (simsiam_eval/fault_points.py) after each step and its checkpoint."""
+
+    def after_step(self):
+        fault_point("trial-step")
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer (its loop, hooks, checkpointing and resume unchanged) with CPU-capable DDP and
+    """DefaultTrainer (its loop, hooks and resume unchanged) with CPU-capable DDP, atomic checkpoints and
     the evaluator chosen by each test set's metadata."""
 
     def __init__(self, cfg):
         with ddp_for_cpu_modules():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        # called at the end of DefaultTrainer.__init__, before the hooks capture the checkpointer
+        self.checkpointer = AtomicCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
+                                               trainer=weakref.proxy(self))
+        return [*super().build_hooks(), FaultPointHook()]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -141,6 +175,9 @@ def train(cfg, resume: bool):
     elif cfg.MODEL.WEIGHTS:
         log_weights_loaded(trainer.model, cfg.MODEL.WEIGHTS)
     trainer.train()
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    if comm.is_main_process() and not os.path.isfile(final):  # resumed after the last step, before model_final
+        trainer.checkpointer.save("model_final", iteration=cfg.SOLVER.MAX_ITER - 1)
     return getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final evaluation
 
 

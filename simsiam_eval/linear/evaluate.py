@@ -159,6 +159,8 @@ def _protocol_batches(cfg: Config, info: DistInfo, backbone):
 
     def train_batches(epoch: int):
         sampler.set_epoch(epoch)
+        # the epoch's crops and flips (and workers' seeds) from (seed, epoch, rank): the same after a resume
+        torch.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + info.rank)
         return embed(train_loader)
 
     def val_batches():

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from simsiam_eval.atomic import atomic_write_json
 from simsiam_eval.errors import UserError
+from simsiam_eval.fault_points import fault_point
 from simsiam_eval.results.records import RECORD_KEYS, checkpoint_name, record_dataset
 
 DEFAULT_DB_NAME = "results.db"
@@ -127,6 +128,7 @@ def publish_record(record: dict, json_path: str | os.PathLike | None = None,
         record["data"]["name"] = record_dataset(record)
     if json_path is not None:
         atomic_write_json(record, json_path)
+        fault_point("record-stored")
     if db_path is not None:
         append_record(record, db_path)
 
@@ -144,6 +146,7 @@ def append_record(record: dict, db_path: str | os.PathLike) -> None:
                 conn.execute(
                     "INSERT OR IGNORE INTO records (id, protocol, name, sha256, dataset, trial, seed, "
                     "started, tags, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                fault_point("record-commit")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
