@@ -301,7 +301,6 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
             raise UserError(f"{output_dir}: {exc}; stopped, the epoch is not saved; last good checkpoint: "
                             f"{saved[-1] if saved else output_dir / INIT_NAME} (a re-run resumes from it: lower "
                             "optim.base_lr first if the loss diverged)") from None
-        fault_point("epoch-end")
         record = {"epoch": epoch + 1, "lr": lr, "collapse_reference": reference, **stats}
         if cfg.knn.every_n_epochs and ((epoch + 1) % cfg.knn.every_n_epochs == 0 or epoch + 1 == cfg.epochs):
             record.update(run_knn_monitor(model, cfg, info))
@@ -312,6 +311,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
                      "config": cfg.to_dict(), "versions": versions(), "git": git_revision()}
             metrics.record(record, epoch + 1, prefix="epoch/")  # before the checkpoint: a resume truncates it
             last = save_checkpoint(output_dir, state, cfg.keep_last)
+            fault_point("epoch-end")
             _log(info, _epoch_line(record, cfg.epochs))
             _warn_if_collapsed(info, record["collapse_std"], cfg, loader.batch_size)
         barrier()

@@ -94,14 +94,35 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+class _Midway:
+    """A file that passes the ``atomic-write`` fault point after its first write: a kill there finds the
+    file part written (what a non-atomic writer would leave in place of the target)."""
+
+    def __init__(self, file) -> None:
+        self.file, self.first = file, True
+
+    def write(self, data):
+        written = self.file.write(data)
+        if self.first:
+            self.first = False
+            self.file.flush()
+            fault_point("atomic-write")
+        return written
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def atomic_torch_save(obj: Any, target: str | os.PathLike) -> None:
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(obj, _Midway(f))
 
 
 def atomic_write_text(text: str, target: str | os.PathLike) -> None:
     with atomic_path(target) as tmp, open(tmp, "w") as f:
-        f.write(text)
+        out = _Midway(f)
+        out.write(text[:len(text) // 2])
+        out.write(text[len(text) // 2:])
 
 
 def atomic_write_json(obj: Any, target: str | os.PathLike) -> None:

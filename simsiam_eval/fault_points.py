@@ -7,11 +7,12 @@ line and goes on. Unset, :func:`fault_point` returns at once (one comparison). t
 uses it; nothing else should set these variables.
 
 The points (where a kill must lose nothing):
-``atomic-rename``   an atomic write's temporary file is complete, the rename not done (simsiam_eval/atomic.py)
+``atomic-write``    an atomic write has written part of its temporary file (simsiam_eval/atomic.py)
+``atomic-rename``   an atomic write's temporary file is complete, the rename not done
 ``record-commit``   a record's row is inserted, its transaction not committed (simsiam_eval/results/store.py)
 ``record-stored``   a record's JSON file is written, its row not yet inserted (simsiam_eval/results/store.py)
 ``cache-entry``     a feature entry's description is written, its features file not yet (simsiam_eval/features.py)
-``epoch-end``       a pretraining or linear-probe epoch is trained, nothing of it saved yet
+``epoch-end``       a pretraining or linear-probe epoch is saved (its metrics line, then its checkpoint)
 ``trial-step``      a Detectron2 transfer trial has taken a step (transfer/trainer.py)
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections import Counter
 
 POINT_ENV, REPORT_ENV = "SIMSIAM_EVAL_FAULT_POINT", "SIMSIAM_EVAL_FAULT_REPORT"
 TRACE = "*"
-POINTS = ("atomic-rename", "record-commit", "record-stored", "cache-entry", "epoch-end", "trial-step")
+POINTS = ("atomic-write", "atomic-rename", "record-commit", "record-stored", "cache-entry", "epoch-end", "trial-step")
 
 _ARMED = os.environ.get(POINT_ENV) or None
 _passes: Counter = Counter()

@@ -31,11 +31,18 @@ def survived(tally) -> None:
     assert tally.bytes_lost == 0 and tally.checked_after_kills >= 1
 
 
+# The first kill of each short run, where a regression would lose something: between an epoch's
+# checkpoint and the rest of the epoch, in the middle of a checkpoint or cache file, between a cache
+# entry's description and its features. The second kill is random.
+FIRST_KILL = {"pretrain": "epoch-end@1", "linear-protocol": "atomic-write@2", "linear-cached": "cache-entry@2",
+              "knn": "atomic-write@2"}
+
+
 @pytest.mark.parametrize("target", fault_injection.SHORT)
 def test_killed_and_rerun_equals_one_uninterrupted_run(target, tmp_path):
     """The short version: pretrain (weights bit for bit), linear in both modes (the same classifier), kNN
     (the same record; its cache: a truncated entry is reported and recomputed)."""
-    tally = fault_injection.run_target(target, tmp_path, trials=1, kills=2, seed=0)
+    tally = fault_injection.run_target(target, tmp_path, trials=1, kills=2, seed=0, first=FIRST_KILL[target])
     survived(tally)
     if target == "knn":
         assert tally.truncated_detected == 1
@@ -130,3 +137,20 @@ def test_comparison_finds_a_changed_bit_a_missing_file_and_a_leftover(tmp_path):
         "pretrain: trial1/out/.checkpoint_0000.pth.tar.1@host.x.tmp left over (not in the reference)",
         "pretrain: trial1/out/checkpoint_0000.pth.tar differs from the reference"]
     assert tally.bytes_lost == (reference / "out" / "checkpoint_0000.pth.tar").stat().st_size
+
+
+def test_a_record_published_again_after_a_kill_is_stored_once(tmp_path):
+    """A command killed after storing its record re-runs and publishes the same record again (other times)."""
+    from simsiam_eval.results.store import publish_record, read_records
+
+    def record(started: str, top1: float) -> dict:
+        return {"protocol": "knn", "metrics": {"top1": top1}, "checkpoint": {"path": "a.pth", "sha256": "ab" * 32},
+                "data": {"train": "x", "val": "y"}, "settings": {"k": 5, "timings": {"features": float(len(started))}},
+                "seed": 0, "trial": None, "versions": {}, "git": "abc", "started": started, "seconds": 1.0}
+
+    json_path, db = tmp_path / "knn.json", tmp_path / "results.db"
+    publish_record(record("2026-12-04T10:00:00", 50.0), json_path, db)
+    publish_record(record("2026-12-04T10:05:00+00", 50.0), json_path, db)  # the re-run: stored once
+    assert len(read_records(db)) == 1
+    publish_record(record("2026-12-04T10:09:00", 75.0), json_path, db)  # another result: another record
+    assert [r["metrics"]["top1"] for r in read_records(db)] == [50.0, 75.0]

@@ -167,7 +167,6 @@ class LinearTrainer:
                 except NonFiniteLoss as exc:
                     last = f"{self.state_path} (epoch {epoch})" if epoch and self.state_path else "none"
                     raise UserError(f"linear probe: {exc}; stopped, the epoch is not saved; last good state: {last}") from None
-                fault_point("epoch-end")
                 # evaluation uses the bare classifier: processes may hold different numbers of val batches
                 metrics = evaluate(self.classifier, val_batches(), reduce)
                 row = {"epoch": epoch + 1, "loss": loss, "lr": lr, **metrics, "seconds": time.perf_counter() - start}
@@ -177,6 +176,7 @@ class LinearTrainer:
                     atomic_torch_save({"epoch": epoch + 1, "fc": self.classifier.state_dict(),
                                        "optimizer": self.optimizer.state_dict(), "history": self.history,
                                        "identity": self.identity}, self.state_path)
+                    fault_point("epoch-end")
                 if self.is_main and self.progress:
                     tqdm.write(f"linear epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  lr {lr:.4g}  "
                                f"top-1 {row['top1']:.2f}%  top-5 {row['top5']:.2f}%")

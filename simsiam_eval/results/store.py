@@ -118,19 +118,42 @@ def publish_record(record: dict, json_path: str | os.PathLike | None = None,
     """Write ``record`` atomically to ``json_path`` and append it to the database at ``db_path``.
 
     A record without an ``id`` gets one (in place), so its JSON file and database row name each
-    other; appending a record whose ``id`` is already stored is a no-op. A record without
-    ``data.name`` gets the short dataset name tables use (``shapes``, ``cifar10``...).
+    other; appending a record whose ``id`` is already stored is a no-op. A record equal to the one
+    ``json_path`` already holds but for times (a command re-run after being killed once its record was
+    stored) takes that record's ``id``: it is stored once. A record without ``data.name`` gets the
+    short dataset name tables use (``shapes``, ``cifar10``...).
     """
     validate_record(record)
-    record.setdefault("id", uuid.uuid4().hex)
     record.setdefault("tags", [])
     if not record["data"].get("name"):
         record["data"]["name"] = record_dataset(record)
+    if "id" not in record and json_path is not None:
+        previous = _stored_json(json_path)
+        if previous is not None and _without_times(previous) == _without_times(record):
+            record["id"] = previous["id"]
+    record.setdefault("id", uuid.uuid4().hex)
     if json_path is not None:
         atomic_write_json(record, json_path)
         fault_point("record-stored")
     if db_path is not None:
         append_record(record, db_path)
+
+
+def _stored_json(path: str | os.PathLike) -> dict | None:
+    try:
+        stored = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) and "id" in stored else None
+
+
+def _without_times(record: dict) -> dict:
+    """A record without what differs between two runs of one evaluation: id, times, revision, resume point."""
+    kept = {k: v for k, v in record.items() if k not in ("id", "started", "seconds", "git")}
+    settings = kept.get("settings")
+    if isinstance(settings, dict):
+        kept["settings"] = {k: v for k, v in settings.items() if k not in ("timings", "resumed_from_epoch")}
+    return json.loads(json.dumps(kept, default=str))
 
 
 def append_record(record: dict, db_path: str | os.PathLike) -> None:
