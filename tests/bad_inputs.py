@@ -107,6 +107,24 @@ def pkl_with_code(folder: Path) -> Path:
     return path
 
 
+def truncated_pkl(folder: Path) -> Path:
+    """A Detectron2-style weights pickle cut in half."""
+    path = folder / "truncated.pkl"
+    state = simsiam_state()["state_dict"]
+    blob = pickle.dumps({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "test"}, protocol=2)
+    path.write_bytes(blob[: len(blob) // 2])
+    return path
+
+
+def truncated_safetensors(folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = folder / "truncated.safetensors"
+    save_file({k: v.contiguous() for k, v in simsiam_state()["state_dict"].items()}, str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
 def lying_safetensors(folder: Path) -> Path:
     """A header that promises more tensor bytes than the file holds."""
     header = json.dumps({"conv1.weight": {"dtype": "F32", "shape": [16, 3, 3, 3], "data_offsets": [0, 1728]}})
@@ -338,6 +356,8 @@ CORPUS = [
     BadInput("legacy .pth whose pickle calls os.system", legacy_pth_with_code, r"carries code \(posix\.system\)",
              CHECKPOINT_COMMANDS, hostile=True),
     BadInput(".pkl with a __reduce__ payload", pkl_with_code, "carries code", CHECKPOINT_COMMANDS, hostile=True),
+    BadInput("truncated Detectron2 .pkl", truncated_pkl, "truncated", CHECKPOINT_COMMANDS),
+    BadInput("truncated safetensors", truncated_safetensors, "safetensors", CHECKPOINT_COMMANDS),
     BadInput("safetensors with a lying header", lying_safetensors, "safetensors", CHECKPOINT_COMMANDS),
     BadInput("checkpoint of another width", other_width, "width 64", ("transfer",)),
     BadInput("checkpoint of another architecture", other_arch, "holds a resnet18 backbone, but resnet50",
