@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,23 @@ def test_registration_of_voc_and_coco_specs(registered):
     assert voc_dicts[0]["annotations"][0]["bbox_mode"] is BoxMode.XYXY_ABS
     assert coco_dicts[0]["annotations"][0]["bbox_mode"] is BoxMode.XYWH_ABS
     assert [MetadataCatalog.get(n).evaluator_type for n in (voc, coco)] == ["pascal_voc_folder", "coco"]
+
+
+def test_a_spec_registered_under_another_data_root_is_registered_again(registered, data_root, tmp_path,
+                                                                        monkeypatch):
+    """One process, two data roots (two transfer jobs of a suite, or tests): a relative ``voc:`` name
+    reads the files of the current root, not those of the first registration."""
+    from detectron2.data import DatasetCatalog
+
+    shutil.copytree(data_root / "shapes", tmp_path / "shapes")
+    split = tmp_path / "shapes" / "voc" / "ImageSets" / "Main" / "val.txt"
+    split.write_text(split.read_text().splitlines()[0] + "\n")  # one image instead of three
+    name = registered("voc:shapes/voc@val")
+    assert len(DatasetCatalog.get(name)) == 3
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    assert len(DatasetCatalog.get(registered(name))) == 1
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(data_root))
+    assert len(DatasetCatalog.get(registered(name))) == 3
 
 
 def fake_detections(ground_truth, classes, seed=0):

@@ -31,11 +31,18 @@ def _load(source: DatasetSource, class_names: list[str]) -> list[dict]:
     return dicts
 
 
+_REGISTERED: dict[str, DatasetSource] = {}  # what this process registered, by name
+
+
 def register_dataset(name: str) -> None:
-    """Make ``name`` known to Detectron2 (a no-op for names it already knows)."""
-    if name in DatasetCatalog.list():
-        return
+    """Make ``name`` known to Detectron2: a no-op for its own names and for ours that still point at the
+    same files; a ``voc:``/``coco:`` name registered here earlier under another data root is replaced."""
     source = parse_dataset_name(name)
+    if name in DatasetCatalog.list():
+        if _REGISTERED.get(name, source) == source:
+            return
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     if source is None:
         raise UserError(f"unknown dataset '{name}': use a standard name (voc_2007_trainval, coco_2017_train, ...), "
                         f"voc:FOLDER@SPLIT or coco:FILE.json[@IMAGE_ROOT]")
@@ -52,6 +59,7 @@ def register_dataset(name: str) -> None:
                     "thing_dataset_id_to_contiguous_id": id_map, "evaluator_type": "coco"}
     DatasetCatalog.register(name, partial(_load, source, classes))
     MetadataCatalog.get(name).set(thing_classes=list(classes), **metadata)
+    _REGISTERED[name] = source
 
 
 def register_datasets(cfg) -> list[str]:
