@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import numpy as np
 import torch
@@ -418,7 +419,8 @@ def run_case(case: BadInput, command: str, folder: Path) -> tuple[int, str, Path
 
     file, argv = argv_for(case, command, folder)
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+            mock.patch.dict(os.environ):  # transfer sets DETECTRON2_DATASETS from --data-root
         code = main(argv)
     return code, err.getvalue(), file
 
