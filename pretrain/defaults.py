@@ -55,6 +55,7 @@ PRETRAIN_DEFAULTS = {
         "weight_decay": 1e-4,
         "fix_pred_lr": True,     # predictor keeps the initial lr (official recommendation)
         "warmup_epochs": 0,      # linear warm-up (the paper uses 10 for batch >= 1024)
+        "decay_norm_and_bias": True,  # False: no weight decay on 1-d parameters (BN, biases); a deviation
     },
     "monitor": {
         "collapse_ratio": 0.5,   # warn when std(z/|z|) is below this fraction of the way from the

@@ -29,9 +29,11 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, init_lr: float, epoch: int, e
 
 
 def build_optimizer(model: torch.nn.Module, init_lr: float, momentum: float, weight_decay: float,
-                    fix_pred_lr: bool) -> torch.optim.SGD:
+                    fix_pred_lr: bool, decay_norm_and_bias: bool = True) -> torch.optim.SGD:
     """SGD over encoder and predictor (every parameter, as main_simsiam.py; a frozen predictor's are
-    left out); with ``fix_pred_lr`` the predictor group is marked ``fix_lr``."""
+    left out); with ``fix_pred_lr`` the predictor group is marked ``fix_lr``. ``decay_norm_and_bias=False``
+    (a deviation, for the study's collapse experiments) exempts 1-d parameters (BatchNorm γ/β, biases)
+    from weight decay."""
     encoder = list(model.encoder.parameters())
     predictor = [p for p in model.predictor.parameters() if p.requires_grad]
     if fix_pred_lr:
@@ -39,4 +41,8 @@ def build_optimizer(model: torch.nn.Module, init_lr: float, momentum: float, wei
         groups = [g for g in groups if g["params"]]
     else:
         groups = [{"params": encoder + predictor, "fix_lr": False}]
+    if not decay_norm_and_bias:  # each group in two: weight matrices and kernels decayed, 1-d parameters not
+        decayed = [dict(group, params=[p for p in group["params"] if p.ndim > 1]) for group in groups]
+        exempt = [dict(group, params=[p for p in group["params"] if p.ndim <= 1], weight_decay=0.0) for group in groups]
+        groups = [g for g in decayed + exempt if g["params"]]
     return torch.optim.SGD(groups, lr=init_lr, momentum=momentum, weight_decay=weight_decay)

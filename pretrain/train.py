@@ -234,7 +234,8 @@ def build_model_and_optimizer(cfg: Config, info: DistInfo, init_lr: float) -> tu
     model = build_model(cfg.model).to(info.device)
     if info.distributed and cfg.model.sync_bn:
         model = convert_sync_batchnorm(model, info.device)
-    optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr)
+    optimizer = build_optimizer(model, init_lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.optim.fix_pred_lr,
+                                cfg.optim.decay_norm_and_bias)
     return model, optimizer
 
 
