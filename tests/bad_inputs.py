@@ -293,38 +293,38 @@ def coco_empty_segmentation(folder: Path) -> Path:
 # -------------------------------------------------------------------------------------- commands
 
 
-def knn(file: Path, folder: Path, checkpoint: str = TINY_CHECKPOINT, data: str | None = None,
-        extra: tuple[str, ...] = ()) -> list[str]:
-    data = data or str(image_folder(folder) if not (folder / "images").exists() else folder / "images")
+def knn(folder: Path, checkpoint: str = TINY_CHECKPOINT, data: str | None = None,
+        flags: tuple[str, ...] = ()) -> list[str]:
+    data = data or str(image_folder(folder))
     return ["knn", "--checkpoint", checkpoint, "--train", data, "--val", data, "--image-size", "16",
-            "--workers", "0", "--no-progress", *output_flags(folder), *extra]
+            "--workers", "0", "--no-progress", *output_flags(folder), *flags]
 
 
-def linear(file: Path, folder: Path, checkpoint: str = TINY_CHECKPOINT, data: str | None = None,
-           extra: tuple[str, ...] = ()) -> list[str]:
-    argv = knn(file, folder, checkpoint, data, extra)
-    return ["linear", *argv[1:], "--epochs", "1", "--batch-size", "4"]
+def linear(folder: Path, checkpoint: str = TINY_CHECKPOINT, data: str | None = None,
+           flags: tuple[str, ...] = ()) -> list[str]:
+    return ["linear", *knn(folder, checkpoint, data, flags)[1:], "--epochs", "1", "--batch-size", "4"]
 
 
-def pretrain(file: Path, folder: Path, data: str | None = None) -> list[str]:
-    data = data or str(folder / "images")
+def pretrain(folder: Path, data: str) -> list[str]:
     return ["pretrain", "pretrain/shapes_cpu", f"data.train={data}", f"output_dir={folder / 'out'}", "epochs=1",
             "batch_size=4", "workers=0", "progress=false", "tensorboard=false", "data.image_size=16"]
 
 
-def pretrain_resume(file: Path, folder: Path) -> list[str]:
-    return pretrain(file, folder, "shapes:" + str(folder / "shapes")) + [f"resume={file}"]
-
-
-def convert(file: Path, folder: Path, extra: tuple[str, ...] = ()) -> list[str]:
-    return ["convert", str(file), str(folder / "out" / "converted.pth"), *extra]
-
-
-def transfer(file: Path, folder: Path, checkpoint: str = TINY_CHECKPOINT, task: str = DETECTRON2_TASK) -> list[str]:
-    if not (folder / "data").exists():
-        detection_data(folder)
-    return ["transfer", "--checkpoint", checkpoint, "--task", task, "--data-root", str(folder / "data"),
+def transfer(folder: Path, checkpoint: str = TINY_CHECKPOINT, data_root: str | None = None,
+             task: str = DETECTRON2_TASK) -> list[str]:
+    data_root = data_root or str(detection_data(folder).parent)
+    return ["transfer", "--checkpoint", checkpoint, "--task", task, "--data-root", data_root,
             "--output-dir", str(folder / "out"), "--trials", "1", "--quiet", "SOLVER.MAX_ITER", "1"]
+
+
+def image_root(file: Path) -> str:
+    """The ImageFolder a bad image was written into (root/<class>/<image>)."""
+    return str(file.parent.parent)
+
+
+def detection_root(file: Path) -> str:
+    """The transfer data root an annotation file was written under (ROOT/shapes/{voc,coco}/DIR/FILE)."""
+    return str(file.parents[3])
 
 
 def output_flags(folder: Path) -> tuple[str, ...]:
@@ -343,9 +343,12 @@ class BadInput:
     problem: str  # a regex of the problem, matched in the one-line message
     commands: tuple[str, ...]
     hostile: bool = False
+    data: Callable[[Path], str] | None = None  # a data file: the spec of its data set; None: a checkpoint
+    flags: tuple[str, ...] = ()  # extra flags of the checkpoint commands
 
 
 COMMAND_NAMES = {"transfer-coco": "transfer", "pretrain-resume": "pretrain resume=FILE"}
+IMAGE_COMMANDS = ("knn", "linear", "pretrain")
 CHECKPOINT_COMMANDS = ("convert", "knn", "linear", "transfer")
 CORPUS = [
     BadInput("zero-byte checkpoint", zero_byte, "empty file", CHECKPOINT_COMMANDS + ("pretrain-resume",)),
@@ -362,22 +365,26 @@ CORPUS = [
     BadInput("safetensors with a lying header", lying_safetensors, "safetensors", CHECKPOINT_COMMANDS),
     BadInput("checkpoint of another width", other_width, "width 64", ("transfer",)),
     BadInput("checkpoint of another architecture", other_arch, "holds a resnet18 backbone, but resnet50",
-             ("convert", "knn", "linear")),
-    BadInput("corrupt image", corrupt_image, "corrupt or unreadable image", ("knn", "linear", "pretrain")),
-    BadInput("truncated image", truncated_image, "corrupt or unreadable image", ("knn", "linear", "pretrain")),
-    BadInput("0x0 image", zero_size_image, "corrupt or unreadable image", ("knn", "linear", "pretrain")),
+             ("convert", "knn", "linear"), flags=("--arch", "resnet50")),
+    BadInput("corrupt image", corrupt_image, "corrupt or unreadable image", IMAGE_COMMANDS, data=image_root),
+    BadInput("truncated image", truncated_image, "corrupt or unreadable image", IMAGE_COMMANDS, data=image_root),
+    BadInput("0x0 image", zero_size_image, "corrupt or unreadable image", IMAGE_COMMANDS, data=image_root),
     BadInput("text file named .jpg in an ImageFolder", text_named_as_image, "corrupt or unreadable image",
-             ("knn", "linear", "pretrain")),
-    BadInput("CIFAR batch carrying code", cifar_with_code, "carries code", ("knn", "pretrain"), hostile=True),
-    BadInput("truncated MNIST IDX file", truncated_idx, "truncated", ("knn", "pretrain")),
-    BadInput("malformed VOC xml", malformed_voc, "not a readable VOC annotation", ("transfer",)),
-    BadInput("VOC box outside the image", voc_box_outside, "outside the", ("transfer",)),
-    BadInput("VOC box with xmax < xmin", voc_box_reversed, "xmax .* < xmin", ("transfer",)),
-    BadInput("COCO json with a missing key", coco_missing_key, "lacks 'bbox'", ("transfer-coco",)),
+             IMAGE_COMMANDS, data=image_root),
+    BadInput("CIFAR batch carrying code", cifar_with_code, "carries code", ("knn", "pretrain"), hostile=True,
+             data=lambda file: f"cifar10:{file.parent}"),
+    BadInput("truncated MNIST IDX file", truncated_idx, "truncated", ("knn", "pretrain"),
+             data=lambda file: f"mnist:{file.parent}"),
+    BadInput("malformed VOC xml", malformed_voc, "not a readable VOC annotation", ("transfer",),
+             data=detection_root),
+    BadInput("VOC box outside the image", voc_box_outside, "outside the", ("transfer",), data=detection_root),
+    BadInput("VOC box with xmax < xmin", voc_box_reversed, "xmax .* < xmin", ("transfer",), data=detection_root),
+    BadInput("COCO json with a missing key", coco_missing_key, "lacks 'bbox'", ("transfer-coco",),
+             data=detection_root),
     BadInput("COCO json with an unknown category id", coco_unknown_category, "category_id 999",
-             ("transfer-coco",)),
+             ("transfer-coco",), data=detection_root),
     BadInput("COCO json with an empty segmentation", coco_empty_segmentation, "empty segmentation",
-             ("transfer-coco",)),
+             ("transfer-coco",), data=detection_root),
 ]
 
 
@@ -388,29 +395,19 @@ def argv_for(case: BadInput, command: str, folder: Path) -> tuple[Path, list[str
 
 
 def _argv(case: BadInput, command: str, file: Path, folder: Path) -> list[str]:
-    text = str(file)
-    if case.make in (corrupt_image, truncated_image, zero_size_image, text_named_as_image):
-        data = str(folder / "images")
-        return {"knn": knn, "linear": linear}[command](file, folder, data=data) if command != "pretrain" \
-            else pretrain(file, folder, data)
-    if case.make is cifar_with_code:
-        data = f"cifar10:{file.parent}"
-        return knn(file, folder, data=data) if command == "knn" else pretrain(file, folder, data)
-    if case.make is truncated_idx:
-        data = f"mnist:{file.parent}"
-        return knn(file, folder, data=data) if command == "knn" else pretrain(file, folder, data)
-    if case.make in (malformed_voc, voc_box_outside, voc_box_reversed):
-        return transfer(file, folder)
-    if command == "transfer-coco":
-        return transfer(file, folder, task=COCO_TASK)
-    extra = ("--arch", "resnet50") if case.make is other_arch else ()
+    if case.data is not None:  # the file is part of a data set
+        if command.startswith("transfer"):
+            task = COCO_TASK if command == "transfer-coco" else DETECTRON2_TASK
+            return transfer(folder, data_root=case.data(file), task=task)
+        return pretrain(folder, case.data(file)) if command == "pretrain" else \
+            {"knn": knn, "linear": linear}[command](folder, data=case.data(file))
     if command == "convert":
-        return convert(file, folder, extra)
+        return ["convert", str(file), str(folder / "out" / "converted.pth"), *case.flags]
     if command == "pretrain-resume":
-        return pretrain_resume(file, folder)
+        return pretrain(folder, f"shapes:{folder / 'shapes'}") + [f"resume={file}"]
     if command == "transfer":
-        return transfer(file, folder, checkpoint=text)
-    return {"knn": knn, "linear": linear}[command](file, folder, checkpoint=text, extra=extra)
+        return transfer(folder, checkpoint=str(file))
+    return {"knn": knn, "linear": linear}[command](folder, checkpoint=str(file), flags=case.flags)
 
 
 def run_case(case: BadInput, command: str, folder: Path) -> tuple[int, str, Path]:
