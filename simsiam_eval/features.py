@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
@@ -186,6 +188,24 @@ class FeatureCache:
     def round(self, features: torch.Tensor) -> torch.Tensor:
         """Features as they read back from the cache: a fresh run and a cache hit give equal numbers."""
         return features.to(CACHE_DTYPES[self.dtype]).float()
+
+
+def feature_std(features: torch.Tensor, chunk_rows: int = 65536) -> float:
+    """How spread a feature bank is: the paper's collapse std (mean over channels of the std of f/||f||, as
+    pretrain/collapse.py measures the heads' output) x sqrt(dim), read in chunks of rows (a bank may be larger
+    than memory). 0 when every row points the same way: the backbone has collapsed. A healthy pool5
+    (non-negative after the ReLU) reads ~0.1-0.3."""
+    rows, dim = features.shape
+    if rows < 2:
+        raise ValueError(f"the spread of features needs at least 2 rows, got {rows}")
+    total = torch.zeros(dim, dtype=torch.float64, device=features.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, rows, chunk_rows):
+        unit = F.normalize(features[start:start + chunk_rows].double(), dim=1)
+        total += unit.sum(dim=0)
+        squares += unit.square().sum(dim=0)
+    variance = (squares - total.square() / rows).clamp_min(0) / (rows - 1)
+    return float(variance.sqrt().mean() * math.sqrt(dim))
 
 
 def load_frozen_backbone(checkpoint: str, fmt: str = "auto", arch: str | None = None,

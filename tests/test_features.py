@@ -1,8 +1,10 @@
 """The feature extractor and cache, distributed extraction, and the pretraining kNN monitor."""
 from __future__ import annotations
 
+import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,9 +14,10 @@ from torch.utils.data import Subset
 import simsiam_eval.features as features_module
 from pretrain.model import SimSiam
 from simsiam_eval.checkpoints import build_backbone, read_checkpoint
+from simsiam_eval.data.sizes import evaluation_transform
 from simsiam_eval.data.specs import open_dataset
 from simsiam_eval.data.transforms import eval_transform, linear_train_transform
-from simsiam_eval.features import FeatureCache, dataset_features, extract_features
+from simsiam_eval.features import FeatureCache, dataset_features, extract_features, feature_std
 from simsiam_eval.knn.monitor import run_knn_monitor
 from simsiam_eval.models import Pool5
 
@@ -155,8 +158,36 @@ def test_knn_monitor_on_a_training_encoder_caches_nothing(shapes_root, tmp_path,
     knn_cfg = {"train": f"shapes:{shapes_root}@train", "val": f"shapes:{shapes_root}@val", "k": 20,
                "temperature": 0.1, "image_size": 32}
     result = run_knn_monitor(Pool5(model.encoder), knn_cfg, CPU, 32, workers=0)
-    assert set(result) == {"knn_top1", "knn_top5"} and 0 <= result["knn_top1"] <= result["knn_top5"] <= 100
+    assert set(result) == {"knn_top1", "knn_top5", "knn_feature_std"}
+    assert 0 <= result["knn_top1"] <= result["knn_top5"] <= 100
     assert model.training and all(m.training for m in model.modules())
+    bank = open_dataset(knn_cfg["train"], evaluation_transform(32, knn_cfg["train"], knn_cfg["val"]))
+    feats, _ = extract_features(Pool5(model.encoder).eval(), bank, CPU, workers=0, progress=False)
+    model.train()
+    unit = feats.double().numpy() / np.linalg.norm(feats.double().numpy(), axis=1, keepdims=True)  # the bank's spread
+    assert result["knn_feature_std"] == pytest.approx(unit.std(axis=0, ddof=1).mean() * math.sqrt(unit.shape[1]),
+                                                      rel=1e-6)
     assert not (tmp_path / "cache").exists() and not os.listdir(tmp_path)
     direct = run_knn_monitor(model.encoder, knn_cfg, CPU, 32, workers=0)  # a bare ResNet works too
     assert direct == result
+
+
+def test_feature_std_worked_out_by_hand():
+    """Rows (3,4), (3,4), (0,2) normalise to (.6,.8), (.6,.8), (0,1): channel stds (unbiased) sqrt(.12) and
+    sqrt(.04/3), their mean x sqrt(2) = 0.326599; the rows' lengths do not matter."""
+    bank = torch.tensor([[3.0, 4.0], [3.0, 4.0], [0.0, 2.0]])
+    expected = (math.sqrt(0.12) + math.sqrt(0.04 / 3)) / 2 * math.sqrt(2)
+    assert expected == pytest.approx(0.326599, abs=1e-6)
+    for chunk in (1, 2, 65536):
+        assert feature_std(bank, chunk_rows=chunk) == pytest.approx(expected, rel=1e-12)
+    assert feature_std(bank * torch.tensor([[10.0], [0.5], [3.0]])) == pytest.approx(expected, rel=1e-12)
+
+
+def test_feature_std_is_zero_for_a_collapsed_bank_and_matches_numpy():
+    direction = torch.tensor([[1.0, 2.0, 0.5]])
+    assert feature_std(direction * torch.tensor([[1.0], [2.0], [7.0], [0.1]])) == pytest.approx(0.0, abs=1e-7)
+    bank = torch.rand(1000, 64, generator=torch.Generator().manual_seed(0))
+    unit = bank.double().numpy() / np.linalg.norm(bank.double().numpy(), axis=1, keepdims=True)
+    assert feature_std(bank, chunk_rows=300) == pytest.approx(unit.std(axis=0, ddof=1).mean() * 8, rel=1e-9)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        feature_std(bank[:1])

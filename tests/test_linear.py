@@ -177,6 +177,7 @@ def test_name_labels_the_record_in_tables(shapes_root, tmp_path):
                      "--tag", "baseline"]) == 0
     record = json.loads(output.read_text())
     assert record["checkpoint"]["name"] == "my baseline" and checkpoint_name(record) == "my baseline"
+    assert 0 < record["metrics"]["feature_std"] < 1  # the bank's spread (tests/test_features.py checks its value)
     assert record["tags"] == ["baseline"]
 
 

@@ -141,9 +141,9 @@ def fake_run(suite: Suite, name: str, stds: list[float], losses: list[float], kn
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"note": "no epoch"}\n')
 
 
-def knn_record(suite: Suite, name: str, top1: float) -> dict:
+def knn_record(suite: Suite, name: str, top1: float, **metrics: float) -> dict:
     run = next(r for r in suite.pretrain if r.name == name)
-    return build_record("knn", {"top1": top1, "top5": 90.0}, {"path": str(run.final_checkpoint)},
+    return build_record("knn", {"top1": top1, "top5": 90.0, **metrics}, {"path": str(run.final_checkpoint)},
                         {"name": "shapes", "num_classes": 5}, {"k": [5]}, 0.0, 1.0, name=name)
 
 
@@ -165,7 +165,8 @@ def test_study_tables_and_figures(tmp_path, capsys):
     fake_run(suite, "B", [0.5, 0.3, 0.3], [-0.9, -0.97, -0.99], knn=[25.0, 22.0, 20.0], medians=[0.5, 0.26, 0.25])
     fake_run(suite, "C", [0.9, 0.9], [-0.2, -0.3])
     other = build_record("knn", {"top1": 99.0}, {"path": "elsewhere/checkpoint_0002.pth.tar"}, {}, {}, 0.0, 1.0, name="x")
-    written = write_study(suite, [knn_record(suite, "A", 61.25), knn_record(suite, "B", 20.0), other])
+    written = write_study(suite, [knn_record(suite, "A", 61.25), knn_record(suite, "B", 20.0, feature_std=0.0123),
+                                  other])
 
     fig2, table1 = read_table(suite, "fig2"), read_table(suite, "table1")
     assert list(fig2) == ["A", "B"] and list(table1) == ["A", "C", "D"]  # the study file's order
@@ -174,11 +175,12 @@ def test_study_tables_and_figures(tmp_path, capsys):
     assert (fig2["B"]["our verdict"], fig2["B"]["agrees"], fig2["B"]["paper top-1"]) == ("collapses", "yes", "0.1")
     assert fig2["B"]["collapse std x sqrt(d) (final epoch)"] == "0.300" and fig2["B"]["median batch"] == "0.250"
     assert fig2["A"]["median batch"] == "-"  # a log from before the median was recorded
+    assert (fig2["A"]["pool5 std x sqrt(d)"], fig2["B"]["pool5 std x sqrt(d)"]) == ("-", "0.012")  # A: older record
     assert (table1["C"]["our verdict"], table1["C"]["agrees"]) == ("does not converge", "no")
     assert table1["C"]["kNN top-1 (ours)"] == "not run"
     assert table1["D"] == {"variant": "D", "paper setting": "(d) unstable", "paper top-1": "-",
                            "paper verdict": "does not converge", "kNN top-1 (ours)": "not run",
-                           "collapse std x sqrt(d) (final epoch)": "not run", "median batch": "not run",
+                           "pool5 std x sqrt(d)": "not run", "collapse std x sqrt(d) (final epoch)": "not run", "median batch": "not run",
                            "final loss": "not run",
                            "our verdict": "not run", "agrees": "not run"}
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print
 from simsiam_eval.data.transforms import INTERPOLATIONS, normalization_settings
 from simsiam_eval.distributed import DistInfo
 from simsiam_eval.errors import UserError
-from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features,
+from simsiam_eval.features import (FeatureCache, FeatureSet, check_same_classes, dataset_features, feature_std,
                                    load_frozen_backbone)
 from simsiam_eval.knn.classify import flat_metrics, knn_classify
 from simsiam_eval.knn.defaults import BACKENDS, PRESETS, SEARCH_PRECISIONS, WEIGHTINGS
@@ -89,5 +89,8 @@ def run_knn(cfg: Config, info: DistInfo) -> dict:
                 "normalization": normalization_settings(),
                 "per_k": {str(k): m for k, m in result.metrics.items()},
                 "timings": {k: round(v, 3) for k, v in seconds.items()}}
-    return build_record("knn", flat_metrics(result), checkpoint, data, settings, started, time.perf_counter() - clock,
+    metrics = flat_metrics(result)
+    if len(train) > 1:
+        metrics["feature_std"] = feature_std(train.features)
+    return build_record("knn", metrics, checkpoint, data, settings, started, time.perf_counter() - clock,
                         tags=cfg.tags, name=cfg.name or None)

@@ -19,7 +19,7 @@ from simsiam_eval.data.sizes import evaluation_size, evaluation_transform, print
 from simsiam_eval.data.specs import open_dataset, prepare_dataset
 from simsiam_eval.distributed import world
 from simsiam_eval.errors import UserError
-from simsiam_eval.features import check_same_classes, dataset_features
+from simsiam_eval.features import check_same_classes, dataset_features, feature_std
 from simsiam_eval.knn.classify import knn_classify
 from simsiam_eval.precision import FP32
 
@@ -41,7 +41,8 @@ def _transform(requested: int, train: str, val: str):
 
 def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device, image_size: int,
                     batch_size: int = 256, workers: int | None = None, precision: str = FP32) -> dict[str, float]:
-    """``{"knn_top1", "knn_top5"}`` (percent) of ``backbone``'s pool5 features, first k of ``knn_cfg.k``.
+    """``{"knn_top1", "knn_top5"}`` (percent) of ``backbone``'s pool5 features, first k of ``knn_cfg.k``, and
+    ``knn_feature_std``, the spread of the bank's features (pretrain/collapse.py feature_std).
 
     ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature);
     ``image_size`` 0 means the native size of ``knn_cfg.train``'s images (224 for a folder); ``precision``
@@ -63,4 +64,7 @@ def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device,
     result = knn_classify(sets["train"].features, sets["train"].labels, sets["val"].features, sets["val"].labels,
                           ks=ks, temperature=knn_cfg["temperature"])
     first = result.metrics[int(ks[0])]
-    return {"knn_top1": first["top1"], "knn_top5": first["top5"]}
+    metrics = {"knn_top1": first["top1"], "knn_top5": first["top5"]}
+    if len(sets["train"]) > 1:
+        metrics["knn_feature_std"] = feature_std(sets["train"].features)
+    return metrics

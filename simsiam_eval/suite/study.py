@@ -48,7 +48,7 @@ EXPERIMENT_TITLES = {
     "symmetrization": "Sec. 4.6: symmetrization", "alternation": "Sec. 5: multi-step alternation",
     "expectation": "Sec. 5: expectation over augmentations", "momentum": "Sec. 6 / Fig. 3: momentum encoder"}
 CURVES_EXPERIMENT = "fig2"  # drawn as curves over epochs; the other experiments as bars
-TABLE_COLUMNS = ("variant", "paper setting", "paper top-1", "paper verdict", "kNN top-1 (ours)",
+TABLE_COLUMNS = ("variant", "paper setting", "paper top-1", "paper verdict", "kNN top-1 (ours)", "pool5 std x sqrt(d)",
                  "collapse std x sqrt(d) (final epoch)", "median batch", "final loss", "our verdict", "agrees")
 PAPER_LABEL = "paper, ImageNet linear 100 ep"
 PAPER_OFFSET = 0.4  # the paper's marker beside its bar, clear of the verdict label on top of the bar
@@ -187,9 +187,10 @@ def table_row(variant: Variant, log: RunLog | None, record: Mapping | None) -> d
     """One variant: the paper's setting, top-1 and verdict beside our run's."""
     collapse, median, loss, verdict = run_cells(log)
     agrees = NOT_RUN if verdict == NOT_RUN else "yes" if verdict == variant.paper_verdict else "no"
+    top1, spread = ((_number(record["metrics"]["top1"], 1), _number(record["metrics"].get("feature_std"), 3, "-"))
+                    if record else (NOT_RUN, NOT_RUN))
     cells = (variant.name, variant.paper_setting, _number(variant.paper_top1, 1, "-"), variant.paper_verdict,
-             _number(record["metrics"]["top1"] if record else None, 1), collapse, median, loss, verdict,
-             agrees)
+             top1, spread, collapse, median, loss, verdict, agrees)
     return dict(zip(TABLE_COLUMNS, cells))
 
 
@@ -203,6 +204,9 @@ def table_notes(variants: list[Variant], logs: Mapping[str, RunLog | None],
              f"our verdict (last epoch): collapses below the run's collapse threshold (monitor.collapse_ratio of the way "
              f"from the collapsed floor 2/sqrt(batch) up to 1, x 1/sqrt(d)); does not converge with a non-finite "
              f"loss or a cosine loss above {COSINE_CONVERGED_LOSS:g}; else works",
+             "pool5 std: the spread of the final checkpoint's backbone features over the kNN bank, the collapse "
+             "std of pool5 (0: every image gets the same features, the backbone has collapsed; '-' for a kNN record "
+             "older than it)",
              "collapse std: the mean over the last epoch's batches; median batch: their median (a batch collapsed "
              "onto one point but for the one image its output BatchNorm forces away reads the floor 2/sqrt(batch))"]
     for name in dict.fromkeys(v.name for v in variants):
