@@ -42,7 +42,7 @@ def _transform(requested: int, train: str, val: str):
 def run_knn_monitor(backbone: nn.Module, knn_cfg: Mapping, device: torch.device, image_size: int,
                     batch_size: int = 256, workers: int | None = None, precision: str = FP32) -> dict[str, float]:
     """``{"knn_top1", "knn_top5"}`` (percent) of ``backbone``'s pool5 features, first k of ``knn_cfg.k``, and
-    ``knn_feature_std``, the spread of the bank's features (pretrain/collapse.py feature_std).
+    ``knn_feature_std``, the spread of the bank's features (simsiam_eval/features.py feature_std).
 
     ``knn_cfg`` is the ``knn`` section of the pretrain config (train, val, k, temperature);
     ``image_size`` 0 means the native size of ``knn_cfg.train``'s images (224 for a folder); ``precision``
