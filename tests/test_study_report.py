@@ -165,7 +165,7 @@ def test_study_tables_and_figures(tmp_path, capsys):
     fake_run(suite, "B", [0.5, 0.3, 0.3], [-0.9, -0.97, -0.99], knn=[25.0, 22.0, 20.0], medians=[0.5, 0.26, 0.25])
     fake_run(suite, "C", [0.9, 0.9], [-0.2, -0.3])
     other = build_record("knn", {"top1": 99.0}, {"path": "elsewhere/checkpoint_0002.pth.tar"}, {}, {}, 0.0, 1.0, name="x")
-    written = write_study(suite, [knn_record(suite, "A", 61.25), knn_record(suite, "B", 20.0, feature_std=0.0123),
+    written = write_study(suite, [knn_record(suite, "A", 61.25), knn_record(suite, "B", 20.0, feature_std=1.87e-7),
                                   other])
 
     fig2, table1 = read_table(suite, "fig2"), read_table(suite, "table1")
@@ -175,7 +175,7 @@ def test_study_tables_and_figures(tmp_path, capsys):
     assert (fig2["B"]["our verdict"], fig2["B"]["agrees"], fig2["B"]["paper top-1"]) == ("collapses", "yes", "0.1")
     assert fig2["B"]["collapse std x sqrt(d) (final epoch)"] == "0.300" and fig2["B"]["median batch"] == "0.250"
     assert fig2["A"]["median batch"] == "-"  # a log from before the median was recorded
-    assert (fig2["A"]["pool5 std x sqrt(d)"], fig2["B"]["pool5 std x sqrt(d)"]) == ("-", "0.012")  # A: older record
+    assert (fig2["A"]["pool5 std x sqrt(d)"], fig2["B"]["pool5 std x sqrt(d)"]) == ("-", "1.9e-07")  # A: older record
     assert (table1["C"]["our verdict"], table1["C"]["agrees"]) == ("does not converge", "no")
     assert table1["C"]["kNN top-1 (ours)"] == "not run"
     assert table1["D"] == {"variant": "D", "paper setting": "(d) unstable", "paper top-1": "-",

@@ -187,8 +187,10 @@ def table_row(variant: Variant, log: RunLog | None, record: Mapping | None) -> d
     """One variant: the paper's setting, top-1 and verdict beside our run's."""
     collapse, median, loss, verdict = run_cells(log)
     agrees = NOT_RUN if verdict == NOT_RUN else "yes" if verdict == variant.paper_verdict else "no"
-    top1, spread = ((_number(record["metrics"]["top1"], 1), _number(record["metrics"].get("feature_std"), 3, "-"))
-                    if record else (NOT_RUN, NOT_RUN))
+    top1 = spread = NOT_RUN
+    if record:
+        top1, feature_std = _number(record["metrics"]["top1"], 1), record["metrics"].get("feature_std")
+        spread = "-" if feature_std is None else f"{feature_std:.2g}"  # spans decades: two significant digits
     cells = (variant.name, variant.paper_setting, _number(variant.paper_top1, 1, "-"), variant.paper_verdict,
              top1, spread, collapse, median, loss, verdict, agrees)
     return dict(zip(TABLE_COLUMNS, cells))
