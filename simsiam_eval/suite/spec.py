@@ -14,15 +14,15 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from simsiam_eval.config import Config, load_config, parse_overrides, read_yaml, resolve_config_path
+from simsiam_eval.config import Config, flatten_values, load_config, parse_overrides, read_yaml, resolve_config_path
 from simsiam_eval.errors import UserError
 from simsiam_eval.suite.launchers import SlurmOptions
 
-TOP_KEYS = ("name", "output_dir", "results", "cache_dir", "checkpoints", "pretrain", "datasets", "evaluations",
-            "jobs", "launcher", "study")
+TOP_KEYS = ("name", "output_dir", "results", "cache_dir", "checkpoints", "pretrain", "seeds", "datasets",
+            "evaluations", "jobs", "launcher", "study")
 CHECKPOINT_KEYS = ("name", "path", "glob", "random", "tags", "format")
 CHECKPOINT_SOURCES = ("path", "glob", "random")
-PRETRAIN_KEYS = ("name", "config", "overrides", "tags", "init")
+PRETRAIN_KEYS = ("name", "config", "overrides", "tags", "init", "seeds")
 PROTOCOLS = ("knn", "linear", "transfer")
 # Keys of a protocol's config the runner sets for each job; a suite file may not set them in an evaluation.
 SET_BY_SUITE = ("checkpoint", "format", "train", "val", "output_dir", "output", "results", "name", "tags")
@@ -60,6 +60,12 @@ class PretrainRun:
     name: str
     config: Config  # resolved, output_dir inside the suite folder
     init: str | None = None  # evaluate the run's initial weights too, under this name
+    variant: str = ""  # the pretrain entry it comes from (``seeds``: one run per seed); "" = ``name``
+
+    @property
+    def entry(self) -> str:
+        """The name of the pretrain entry: the run's own name, or the shared one of an entry's seeds."""
+        return self.variant or self.name
 
     @property
     def init_checkpoint(self) -> Path:
@@ -180,7 +186,19 @@ def _checkpoints(path: Path, entries: Any) -> list[CheckpointEntry]:
     return found
 
 
-def _pretrain_runs(path: Path, entries: Any, output_dir: Path) -> list[PretrainRun]:
+def _seeds(path: Path, where: str, value: Any) -> tuple[int, ...] | None:
+    """A checked ``seeds`` list: distinct non-negative integers; None when not given."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or not value or len(set(value)) != len(value)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)):
+        raise _fail(path, where, f"seeds must be a list of distinct non-negative integers, got {value!r}")
+    return tuple(value)
+
+
+def _pretrain_runs(path: Path, entries: Any, output_dir: Path, suite_seeds: tuple[int, ...] | None) -> list[PretrainRun]:
+    """The runs of the ``pretrain:`` entries: one per entry, or with ``seeds`` (the entry's, else the
+    suite's) one per seed, named ``NAME/seedS`` (folder ``pretrain/NAME/seedS``, config key ``seed``)."""
     from pretrain.defaults import PRETRAIN_DEFAULTS
 
     runs = []
@@ -189,15 +207,25 @@ def _pretrain_runs(path: Path, entries: Any, output_dir: Path) -> list[PretrainR
         entry = _check_keys(path, where, raw, PRETRAIN_KEYS)
         if not entry.get("name"):
             raise _fail(path, where, "a pretraining run needs a name (its checkpoint is named by it)")
+        name, init = str(entry["name"]), str(entry["init"]) if entry.get("init") else None
         overrides = entry.get("overrides") or {}
         items = ["progress=false"]  # the run's output goes to its log file
         items += [str(item) for item in overrides] if isinstance(overrides, list) else []
         values = overrides if isinstance(overrides, Mapping) else None
-        items.append(f"output_dir={output_dir / 'pretrain' / entry['name']}")
         config = resolve_config_path(entry["config"], path.parent) if entry.get("config") else None
-        cfg = load_config(config, PRETRAIN_DEFAULTS, items, values=values,
-                          values_source=f"{path}: {where}.overrides")
-        runs.append(PretrainRun(str(entry["name"]), cfg, str(entry["init"]) if entry.get("init") else None))
+        seeds = _seeds(path, f"{where}.seeds", entry["seeds"]) if "seeds" in entry else suite_seeds
+        if seeds is None:
+            cfg = load_config(config, PRETRAIN_DEFAULTS, [*items, f"output_dir={output_dir / 'pretrain' / name}"],
+                              values=values, values_source=f"{path}: {where}.overrides")
+            runs.append(PretrainRun(name, cfg, init))
+            continue
+        if "seed" in flatten_values(values or {}) or any(item.split("=")[0].strip() == "seed" for item in items):
+            raise _fail(path, where, "give the seed in 'seeds' or in 'overrides', not both")
+        for seed in seeds:
+            folder = output_dir / "pretrain" / name / f"seed{seed}"
+            cfg = load_config(config, PRETRAIN_DEFAULTS, [*items, f"seed={seed}", f"output_dir={folder}"],
+                              values=values, values_source=f"{path}: {where}.overrides")
+            runs.append(PretrainRun(f"{name}/seed{seed}", cfg, init and f"{init}/seed{seed}", variant=name))
     return runs
 
 
@@ -209,7 +237,7 @@ def _study(path: Path, value: Any, runs: list[PretrainRun]) -> Path | None:
     from simsiam_eval.suite.study import read_study, resolve_study
 
     study = resolve_study(str(value), path.parent)
-    missing = sorted({variant.name for variant in read_study(study)} - {run.name for run in runs})
+    missing = sorted({variant.name for variant in read_study(study)} - {run.entry for run in runs})
     if missing:
         raise _fail(path, "study", f"{study} names variants that are not pretrain entries of the suite: "
                                    f"{', '.join(missing)}")
@@ -292,7 +320,7 @@ def read_suite(source: str | Path, overrides: Iterable[str] = ()) -> Suite:
         raise _fail(path, "name", f"use letters, digits, '_', '.' and '-' only, got {name!r}")
     output_dir = Path(tree.get("output_dir") or DEFAULT_OUTPUT_ROOT / name)
     checkpoints = _checkpoints(path, tree.get("checkpoints") or [])
-    runs = _pretrain_runs(path, tree.get("pretrain"), output_dir)
+    runs = _pretrain_runs(path, tree.get("pretrain"), output_dir, _seeds(path, "seeds", tree.get("seeds")))
     checkpoints += [CheckpointEntry(run.name, str(run.final_checkpoint), ("pretrain",), "auto", run.name)
                     for run in runs]
     checkpoints += [CheckpointEntry(run.init, str(run.init_checkpoint), ("init",), "auto", run.name)

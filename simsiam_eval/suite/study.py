@@ -5,8 +5,10 @@ of the paper with its variants: the suite's pretraining run of the variant (``na
 its ImageNet linear top-1 (ResNet-50, 100 epochs) and verdict. Per experiment the suite prints and writes
 a table (``tables/study_<experiment>``: md, tex, csv, html) setting our run beside the paper's: its kNN
 top-1 (the suite's kNN record of the run's final checkpoint), the collapse monitor and loss of its last
-epoch (``metrics.jsonl``) and our verdict (:func:`run_verdict`). Figures: ``plots/study_fig2`` (the runs'
-loss, collapse std and kNN monitor by epoch, as the paper's Fig. 2) and ``plots/study_<experiment>``
+epoch (``metrics.jsonl``) and our verdict (:func:`run_verdict`). A variant whose pretrain entry has
+``seeds`` has one run (:class:`Trial`) per seed: its row gives the kNN top-1 as mean ± std, each seed's
+other cells, and the verdict of the majority (:func:`majority_verdict`). Figures: ``plots/study_fig2`` (the
+runs' loss, collapse std and kNN monitor by epoch, as the paper's Fig. 2) and ``plots/study_<experiment>``
 (our kNN top-1 as bars, the paper's top-1 as markers).
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import html
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping
@@ -33,6 +36,7 @@ from simsiam_eval.errors import UserError  # noqa: E402
 from simsiam_eval.report.measurements import STUDY_COLUMNS, reference_dir  # noqa: E402
 from simsiam_eval.report.plots import draw_line, epoch_frame, read_jsonl, save_figure  # noqa: E402
 from simsiam_eval.report.render import escape_latex  # noqa: E402
+from simsiam_eval.report.tables import cell_text  # noqa: E402
 from simsiam_eval.results.records import record_dataset  # noqa: E402
 from simsiam_eval.suite.spec import PretrainRun, Suite  # noqa: E402
 
@@ -170,6 +174,19 @@ def reference_levels(dim: int, batch: int) -> tuple[float, float]:
     return healthy_std(dim), collapsed_floor(batch) * healthy_std(dim)
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One pretraining run of a variant (one of its seeds): its log and the kNN record of its final checkpoint."""
+
+    name: str
+    log: RunLog | None
+    record: Mapping | None
+
+    @property
+    def verdict(self) -> str:
+        return NOT_RUN if self.log is None else run_verdict(self.log.config, self.log.last)
+
+
 def _number(value: float | None, decimals: int, missing: str = NOT_RUN) -> str:
     return missing if value is None else f"{value:.{decimals}f}"
 
@@ -183,23 +200,61 @@ def run_cells(log: RunLog | None) -> tuple[str, str, str, str]:
             _number(log.last["loss"], 3), run_verdict(log.config, log.last))
 
 
-def table_row(variant: Variant, log: RunLog | None, record: Mapping | None) -> dict[str, str]:
-    """One variant: the paper's setting, top-1 and verdict beside our run's."""
-    collapse, median, loss, verdict = run_cells(log)
-    agrees = NOT_RUN if verdict == NOT_RUN else "yes" if verdict == variant.paper_verdict else "no"
-    top1 = spread = NOT_RUN
-    if record:
-        top1, feature_std = _number(record["metrics"]["top1"], 1), record["metrics"].get("feature_std")
-        spread = "-" if feature_std is None else f"{feature_std:.2g}"  # spans decades: two significant digits
+def spread_cell(record: Mapping | None) -> str:
+    """The record's pool5 std with two significant digits (it spans decades); ``-`` for an older record."""
+    if record is None:
+        return NOT_RUN
+    feature_std = record["metrics"].get("feature_std")
+    return "-" if feature_std is None else f"{feature_std:.2g}"
+
+
+def top1_summary(trials: list[Trial]) -> tuple[float | None, float, int]:
+    """Mean, sample std (NaN for one) and number of the trials' kNN top-1; mean None without a record."""
+    values = pd.Series([t.record["metrics"]["top1"] for t in trials if t.record], dtype=float)
+    return (None if values.empty else float(values.mean())), float(values.std()), len(values)
+
+
+def majority_verdict(trials: list[Trial]) -> str:
+    """The verdict of more than half of the trials, as ``works (2 of 3)``; else ``split: ...`` with the
+    count of each; ``not run`` when none has run."""
+    verdicts = [t.verdict for t in trials]
+    if all(v == NOT_RUN for v in verdicts):
+        return NOT_RUN
+    counts = Counter(verdicts)
+    verdict, count = counts.most_common(1)[0]
+    if verdict != NOT_RUN and count > len(trials) / 2:
+        return f"{verdict} ({count} of {len(trials)})"
+    return "split: " + ", ".join(f"{v} {c}" for v, c in sorted(counts.items()))
+
+
+def table_row(variant: Variant, trials: list[Trial]) -> dict[str, str]:
+    """One variant: the paper's setting, top-1 and verdict beside our run's; with several trials (seeds)
+    the kNN top-1 as mean ± std (n), the other run cells one per trial joined by `` / ``, and the
+    majority verdict."""
+    if len(trials) == 1:
+        (trial,) = trials
+        collapse, median, loss, verdict = run_cells(trial.log)
+        top1 = _number(trial.record["metrics"]["top1"], 1) if trial.record else NOT_RUN
+        spread = spread_cell(trial.record)
+    else:
+        cells = [run_cells(t.log) for t in trials]
+        collapse, median, loss = (" / ".join(c[i] for c in cells) for i in range(3))
+        verdict = majority_verdict(trials)
+        mean, std, n = top1_summary(trials)
+        top1 = NOT_RUN if mean is None else cell_text(mean, std, n)
+        spread = " / ".join(spread_cell(t.record) for t in trials)
+    ours = verdict.split(" (")[0]
+    agrees = NOT_RUN if verdict == NOT_RUN else "yes" if ours == variant.paper_verdict else "no"
     cells = (variant.name, variant.paper_setting, _number(variant.paper_top1, 1, "-"), variant.paper_verdict,
              top1, spread, collapse, median, loss, verdict, agrees)
     return dict(zip(TABLE_COLUMNS, cells))
 
 
-def table_notes(variants: list[Variant], logs: Mapping[str, RunLog | None],
-                records: Mapping[str, Mapping | None]) -> list[str]:
-    """What the columns compare, the kNN chance level, unfinished runs and the paper's sources."""
-    found = [r for r in (records[v.name] for v in variants) if r]
+def table_notes(variants: list[Variant], trials: Mapping[str, list[Trial]]) -> list[str]:
+    """What the columns compare, the kNN chance level, how seeds are summarised, unfinished runs and the
+    paper's sources."""
+    everything = [t for v in dict.fromkeys(v.name for v in variants) for t in trials[v]]
+    found = [t.record for t in everything if t.record]
     chances = sorted({f"{record_dataset(r)} {chance:.1f}%" for r in found if (chance := chance_level(r))})
     notes = [f"paper top-1: ImageNet linear, ResNet-50, 100 epochs; ours: kNN top-1 of the run's final checkpoint "
              f"(chance level: {', '.join(chances) or 'unknown'})",
@@ -211,10 +266,15 @@ def table_notes(variants: list[Variant], logs: Mapping[str, RunLog | None],
              "older than it)",
              "collapse std: the mean over the last epoch's batches; median batch: their median (a batch collapsed "
              "onto one point but for the one image its output BatchNorm forces away reads the floor 2/sqrt(batch))"]
-    for name in dict.fromkeys(v.name for v in variants):
-        log = logs[name]
+    seeded = [v for v in dict.fromkeys(v.name for v in variants) if len(trials[v]) > 1]
+    if seeded:
+        notes.append(f"{', '.join(seeded)}: one run per seed (NAME/seedS); kNN top-1 as mean ± sample std (n runs), the other "
+                     f"run cells one value per seed joined by ' / ', our verdict the one of more than half of the "
+                     f"seeds (else split)")
+    for trial in everything:
+        log = trial.log
         if log and log.epochs.index[-1] < log.setting("epochs"):
-            notes.append(f"{name}: unfinished, last logged epoch {log.epochs.index[-1]} of {log.setting('epochs')}")
+            notes.append(f"{trial.name}: unfinished, last logged epoch {log.epochs.index[-1]} of {log.setting('epochs')}")
     notes += [f"{', '.join(v.name for v in variants if v.source == source)}: {source}"
               for source in dict.fromkeys(v.source for v in variants)]
     return notes
@@ -271,14 +331,16 @@ def plot_curves(title: str, logs: Mapping[str, RunLog], chances: list[float], st
     return save_figure(fig, stem)
 
 
-def plot_bars(title: str, frame: pd.DataFrame, variants: list[Variant], chances: list[float],
-              stem: Path) -> list[Path]:
-    """Our kNN top-1 per variant as bars labelled with our verdict, the paper's top-1 as markers on the
-    same % axis, the kNN chance level as a line."""
+def plot_bars(title: str, frame: pd.DataFrame, variants: list[Variant], trials: Mapping[str, list[Trial]],
+              chances: list[float], stem: Path) -> list[Path]:
+    """Our kNN top-1 per variant as bars (the mean over its seeds, their std as error bars) labelled with our
+    verdict, the paper's top-1 as markers on the same % axis, the kNN chance level as a line."""
     x = range(len(variants))
-    ours = pd.to_numeric(frame["kNN top-1 (ours)"], errors="coerce").fillna(0.0)
+    summaries = [top1_summary(trials[v.name]) for v in variants]
+    ours = [mean or 0.0 for mean, _, _ in summaries]
+    errors = [0.0 if math.isnan(std) else std for _, std, _ in summaries]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(variants) + 2), 3.8))
-    bars = ax.bar(x, ours, width=0.6, label="ours: kNN top-1")
+    bars = ax.bar(x, ours, width=0.6, yerr=errors if any(errors) else None, capsize=3, label="ours: kNN top-1")
     ax.bar_label(bars, labels=list(frame["our verdict"]), fontsize=7, padding=2)
     paper = [(i, v.paper_top1) for i, v in enumerate(variants) if v.paper_top1 is not None]
     ax.scatter([i + PAPER_OFFSET for i, _ in paper], [v for _, v in paper], marker="D", color="black", zorder=3,
@@ -293,35 +355,35 @@ def plot_bars(title: str, frame: pd.DataFrame, variants: list[Variant], chances:
     return save_figure(fig, stem)
 
 
-def write_experiment(suite: Suite, experiment: str, variants: list[Variant], logs: Mapping[str, RunLog | None],
-                     records: Mapping[str, Mapping | None]) -> list[Path]:
+def write_experiment(suite: Suite, experiment: str, variants: list[Variant],
+                     trials: Mapping[str, list[Trial]]) -> list[Path]:
     """Print and write one experiment's table; draw its figure."""
     title = EXPERIMENT_TITLES.get(experiment, experiment)
-    frame = pd.DataFrame([table_row(v, logs[v.name], records[v.name]) for v in variants], columns=TABLE_COLUMNS)
-    notes = table_notes(variants, logs, records)
+    frame = pd.DataFrame([table_row(v, trials[v.name]) for v in variants], columns=TABLE_COLUMNS)
+    notes = table_notes(variants, trials)
     print(f"\n## {title}\n\n{markdown(frame, notes)}")
     stem = f"study_{experiment}"
     written = write_study_table(frame, suite.output_dir / "tables" / stem, title, notes)
-    chances = sorted({c for v in variants if records[v.name] and (c := chance_level(records[v.name]))})
+    ran = [t for v in dict.fromkeys(v.name for v in variants) for t in trials[v]]
+    chances = sorted({c for t in ran if t.record and (c := chance_level(t.record))})
     plots = suite.output_dir / "plots" / stem
     if experiment != CURVES_EXPERIMENT:
-        return written + plot_bars(title, frame, variants, chances, plots)
-    ran = {v.name: logs[v.name] for v in variants if logs[v.name]}
-    if not ran:
+        return written + plot_bars(title, frame, variants, trials, chances, plots)
+    logs = {t.name: t.log for t in ran if t.log}
+    if not logs:
         print(f"no {stem} figure: none of its runs has logged an epoch")
         return written
-    return written + plot_curves(title, ran, chances, plots)
+    return written + plot_curves(title, logs, chances, plots)
 
 
 def write_study(suite: Suite, records: list[dict]) -> list[Path]:
-    """The study's tables and figures from the suite's runs and records (``suite.study``)."""
+    """The study's tables and figures from the suite's runs and records (``suite.study``); a variant
+    whose pretrain entry has ``seeds`` has one trial per seed."""
     variants = read_study(suite.study)
-    runs = {run.name: run for run in suite.pretrain}
     names = dict.fromkeys(v.name for v in variants)
-    logs = {name: read_run(Path(runs[name].config.output_dir)) for name in names}
-    found = {name: knn_record(records, runs[name]) for name in names}
+    trials = {name: [Trial(run.name, read_run(Path(run.config.output_dir)), knn_record(records, run))
+                     for run in suite.pretrain if run.entry == name] for name in names}
     written = []
     for experiment in dict.fromkeys(v.experiment for v in variants):
-        written += write_experiment(suite, experiment, [v for v in variants if v.experiment == experiment],
-                                    logs, found)
+        written += write_experiment(suite, experiment, [v for v in variants if v.experiment == experiment], trials)
     return written
