@@ -129,7 +129,9 @@ def test_the_study_sums_a_variants_seeds_up(tmp_path, capsys):
     assert "C, D: one run per seed" in out
     assert "D/seed1: unfinished" not in out
     assert (suite.output_dir / "plots" / "study_fig2.svg") in written
-    assert "A/seed2" in (suite.output_dir / "plots" / "study_fig2.svg").read_text()  # one curve per seed
+    svg = (suite.output_dir / "plots" / "study_fig2.svg").read_text()
+    assert "A/seed2" in svg  # one curve per seed, each variant's in one colour (C0, C1; C2 only per run)
+    assert "#1f77b4" in svg and "#ff7f0e" in svg and "#2ca02c" not in svg and "stroke-dasharray" in svg
 
 
 def test_seeds_pretrain_and_evaluate_one_run_each(tmp_path, shapes_root, capsys):

@@ -56,6 +56,7 @@ TABLE_COLUMNS = ("variant", "paper setting", "paper top-1", "paper verdict", "kN
                  "collapse std x sqrt(d) (final epoch)", "median batch", "final loss", "our verdict", "agrees")
 PAPER_LABEL = "paper, ImageNet linear 100 ep"
 PAPER_OFFSET = 0.4  # the paper's marker beside its bar, clear of the verdict label on top of the bar
+LINE_STYLES = ("-", "--", ":", "-.")  # the seeds of one variant in Fig. 2
 
 
 @dataclass(frozen=True)
@@ -300,16 +301,23 @@ def write_study_table(frame: pd.DataFrame, prefix: Path, title: str, notes: list
     return written
 
 
-def plot_curves(title: str, logs: Mapping[str, RunLog], chances: list[float], stem: Path) -> list[Path]:
+def plot_curves(title: str, logs: Mapping[str, RunLog], chances: list[float], stem: Path,
+                variants: Mapping[str, str] | None = None) -> list[Path]:
     """The paper's Fig. 2 for our runs: training loss, collapse std (healthy level and collapsed floor)
-    and, when the runs had a kNN monitor, its top-1 with the chance level; one line per run."""
+    and, when the runs had a kNN monitor, its top-1 with the chance level; one line per run, the runs of
+    one variant (``variants``: run name -> variant) in one colour, told apart by line style."""
     has_knn = any("knn_top1" in log.epochs and log.epochs["knn_top1"].notna().any() for log in logs.values())
     fig, axes = plt.subplots(1, 3 if has_knn else 2, figsize=(12 if has_knn else 8, 3.4))
+    groups = list(dict.fromkeys((variants or {}).get(name, name) for name in logs))
+    seen: Counter = Counter()
     for name, log in logs.items():
-        draw_line(axes[0], log.epochs["loss"], name)
-        draw_line(axes[1], log.epochs["collapse_std"], name)
+        group = (variants or {}).get(name, name)
+        style = {"color": f"C{groups.index(group) % 10}", "linestyle": LINE_STYLES[seen[group] % len(LINE_STYLES)]}
+        seen[group] += 1
+        draw_line(axes[0], log.epochs["loss"], name, **style)
+        draw_line(axes[1], log.epochs["collapse_std"], name, **style)
         if has_knn and "knn_top1" in log.epochs:
-            draw_line(axes[2], log.epochs["knn_top1"], name)
+            draw_line(axes[2], log.epochs["knn_top1"], name, **style)
     heights = [log.epochs["collapse_std"].max() for log in logs.values()]  # NaN: a run that diverged (skipped)
     for dim, batch in sorted({(log.setting("model.dim"), log.setting("batch_size")) for log in logs.values()}):
         healthy, floor = reference_levels(dim, batch)
@@ -373,7 +381,8 @@ def write_experiment(suite: Suite, experiment: str, variants: list[Variant],
     if not logs:
         print(f"no {stem} figure: none of its runs has logged an epoch")
         return written
-    return written + plot_curves(title, logs, chances, plots)
+    variant_of = {t.name: name for name in dict.fromkeys(v.name for v in variants) for t in trials[name]}
+    return written + plot_curves(title, logs, chances, plots, variant_of)
 
 
 def write_study(suite: Suite, records: list[dict]) -> list[Path]:
