@@ -19,6 +19,10 @@ suite file (YAML; _BASE_ works; packaged suites by name: suites/NAME):
   pretrain:                      # optional: its final checkpoint is evaluated under the run's name
     - {name: shapes-run, config: pretrain/shapes_cpu, overrides: [epochs=5], init: shapes-init}
                                  # init: evaluate its initial weights (init.pth.tar) too, under that name
+    - {name: shapes-seeds, config: pretrain/shapes_cpu, seeds: [0, 1, 2]}
+                                 # seeds: one run per seed, named shapes-seeds/seed0 ... (a study row: the
+                                 # majority verdict, kNN top-1 as mean ± std)
+  seeds: null                    # optional: seeds for every pretrain entry without its own (seeds=[0,1,2])
   datasets:
     fmnist: {train: "fashion-mnist:/usr/share/datasets/fashion-mnist@train",
              val: "fashion-mnist:/usr/share/datasets/fashion-mnist@test"}
