@@ -55,6 +55,7 @@ PRETRAIN_DEFAULTS = {
         "weight_decay": 1e-4,
         "fix_pred_lr": True,     # predictor keeps the initial lr (official recommendation)
         "warmup_epochs": 0,      # linear warm-up (the paper uses 10 for batch >= 1024)
+        "schedule": "cosine",    # cosine (official) | constant: no decay after warm-up (a deviation, docs/study.md)
         "decay_norm_and_bias": True,  # False: no weight decay on 1-d parameters (BN, biases); a deviation
     },
     "monitor": {

@@ -5,24 +5,34 @@ import math
 
 import torch
 
+from simsiam_eval.errors import UserError
+
 
 def scaled_lr(base_lr: float, batch_size: int) -> float:
     """lr = base_lr x batch / 256."""
     return base_lr * batch_size / 256
 
 
-def lr_at_epoch(init_lr: float, epoch: int, epochs: int, warmup_epochs: int = 0) -> float:
-    """Cosine decay per epoch, lr_e = lr * 0.5 * (1 + cos(pi e / E)), after an optional linear warm-up."""
+SCHEDULES = ("cosine", "constant")
+
+
+def lr_at_epoch(init_lr: float, epoch: int, epochs: int, warmup_epochs: int = 0, schedule: str = "cosine") -> float:
+    """Cosine decay per epoch, lr_e = lr * 0.5 * (1 + cos(pi e / E)) (the official schedule), or ``constant``
+    lr (a deviation, for the study's collapse experiments), after an optional linear warm-up."""
+    if schedule not in SCHEDULES:
+        raise UserError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if epoch < warmup_epochs:
         return init_lr * (epoch + 1) / warmup_epochs
+    if schedule == "constant":
+        return init_lr
     progress = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs)
     return init_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def set_epoch_lr(optimizer: torch.optim.Optimizer, init_lr: float, epoch: int, epochs: int,
-                 warmup_epochs: int = 0) -> float:
+                 warmup_epochs: int = 0, schedule: str = "cosine") -> float:
     """Apply the epoch's lr to every group; groups marked ``fix_lr`` keep ``init_lr``."""
-    lr = lr_at_epoch(init_lr, epoch, epochs, warmup_epochs)
+    lr = lr_at_epoch(init_lr, epoch, epochs, warmup_epochs, schedule)
     for group in optimizer.param_groups:
         group["lr"] = init_lr if group.get("fix_lr", False) else lr
     return lr

@@ -294,7 +294,7 @@ def _train(cfg: Config, info: DistInfo, output_dir: Path) -> Path | None:
     reference, last = healthy_std(cfg.model.dim), None
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
-        lr = set_epoch_lr(optimizer, init_lr, epoch, cfg.epochs, cfg.optim.warmup_epochs)
+        lr = set_epoch_lr(optimizer, init_lr, epoch, cfg.epochs, cfg.optim.warmup_epochs, cfg.optim.schedule)
         try:
             stats = train_one_epoch(model, loader, optimizer, scaler, cfg, info, epoch, lr, metrics, targets)
         except NonFiniteLoss as exc:

@@ -32,7 +32,7 @@ def run_real_loop(cfg: Config, info: DistInfo, batches: list) -> tuple[dict, boo
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     losses = []
     for epoch, epoch_batches in enumerate(batches):
-        lr = set_epoch_lr(optimizer, init_lr, epoch, cfg.epochs, cfg.optim.warmup_epochs)
+        lr = set_epoch_lr(optimizer, init_lr, epoch, cfg.epochs, cfg.optim.warmup_epochs, cfg.optim.schedule)
         losses.append(train_one_epoch(model, epoch_batches, optimizer, scaler, cfg, info, epoch, lr, None)["loss"])
     inner = model.module if info.distributed else model
     return {k: v.detach().clone() for k, v in inner.state_dict().items()}, optimiser_holds_model, losses

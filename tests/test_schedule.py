@@ -13,6 +13,7 @@ import torch
 from pretrain.loss import simsiam_loss
 from pretrain.model import SimSiam
 from pretrain.schedule import build_optimizer, lr_at_epoch, scaled_lr, set_epoch_lr
+from simsiam_eval.errors import UserError
 
 INIT_LR = 0.1
 # epoch of a 100-epoch run -> 0.1 x 0.5 (1 + cos(pi e / 100))
@@ -132,3 +133,25 @@ def test_weight_decay_on_norm_and_bias_parameters_is_a_switch(decay_norm_and_bia
             expected = 0.9 if p.ndim > 1 or decay_norm_and_bias else 1.0
             assert torch.allclose(p, torch.full_like(p, expected)), name
     assert {g["fix_lr"] for g in optimizer.param_groups} == {False, True}  # the predictor keeps its own lr
+
+
+@pytest.mark.parametrize("epoch, expected", [(0, 0.1), (50, 0.1), (99, 0.1)])
+def test_constant_schedule_keeps_the_initial_lr(epoch, expected):
+    """optim.schedule=constant (a deviation for the collapse experiments): no decay at all."""
+    assert lr_at_epoch(INIT_LR, epoch, 100, schedule="constant") == expected
+
+
+@pytest.mark.parametrize("epoch, expected", [(0, 0.01), (4, 0.05), (9, 0.1), (10, 0.1), (99, 0.1)])
+def test_constant_schedule_after_warmup(epoch, expected):
+    assert lr_at_epoch(INIT_LR, epoch, 100, warmup_epochs=10, schedule="constant") == pytest.approx(expected, rel=1e-12)
+
+
+def test_constant_schedule_sets_every_group():
+    optimizer = build_optimizer(tiny_simsiam(), INIT_LR, momentum=0.9, weight_decay=1e-4, fix_pred_lr=False)
+    assert set_epoch_lr(optimizer, INIT_LR, 75, 100, schedule="constant") == 0.1
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(UserError, match="optim.schedule must be one of cosine, constant, got 'step'"):
+        lr_at_epoch(INIT_LR, 0, 100, schedule="step")
