@@ -215,17 +215,17 @@ def top1_summary(trials: list[Trial]) -> tuple[float | None, float, int]:
     return (None if values.empty else float(values.mean())), float(values.std()), len(values)
 
 
-def majority_verdict(trials: list[Trial]) -> str:
-    """The verdict of more than half of the trials, as ``works (2 of 3)``; else ``split: ...`` with the
-    count of each; ``not run`` when none has run."""
+def majority_verdict(trials: list[Trial]) -> tuple[str | None, str]:
+    """The verdict of more than half of the trials (None without such a majority) and its cell:
+    ``works (2 of 3)``, else ``split: ...`` with the count of each; ``not run`` when none has run."""
     verdicts = [t.verdict for t in trials]
     if all(v == NOT_RUN for v in verdicts):
-        return NOT_RUN
+        return None, NOT_RUN
     counts = Counter(verdicts)
     verdict, count = counts.most_common(1)[0]
     if verdict != NOT_RUN and count > len(trials) / 2:
-        return f"{verdict} ({count} of {len(trials)})"
-    return "split: " + ", ".join(f"{v} {c}" for v, c in sorted(counts.items()))
+        return verdict, f"{verdict} ({count} of {len(trials)})"
+    return None, "split: " + ", ".join(f"{v} {c}" for v, c in sorted(counts.items()))
 
 
 def table_row(variant: Variant, trials: list[Trial]) -> dict[str, str]:
@@ -235,16 +235,16 @@ def table_row(variant: Variant, trials: list[Trial]) -> dict[str, str]:
     if len(trials) == 1:
         (trial,) = trials
         collapse, median, loss, verdict = run_cells(trial.log)
+        ours = verdict
         top1 = _number(trial.record["metrics"]["top1"], 1) if trial.record else NOT_RUN
         spread = spread_cell(trial.record)
     else:
         cells = [run_cells(t.log) for t in trials]
         collapse, median, loss = (" / ".join(c[i] for c in cells) for i in range(3))
-        verdict = majority_verdict(trials)
+        ours, verdict = majority_verdict(trials)
         mean, std, n = top1_summary(trials)
         top1 = NOT_RUN if mean is None else cell_text(mean, std, n)
         spread = " / ".join(spread_cell(t.record) for t in trials)
-    ours = verdict.split(" (")[0]
     agrees = NOT_RUN if verdict == NOT_RUN else "yes" if ours == variant.paper_verdict else "no"
     cells = (variant.name, variant.paper_setting, _number(variant.paper_top1, 1, "-"), variant.paper_verdict,
              top1, spread, collapse, median, loss, verdict, agrees)
