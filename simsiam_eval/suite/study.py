@@ -308,10 +308,11 @@ def plot_curves(title: str, logs: Mapping[str, RunLog], chances: list[float], st
     one variant (``variants``: run name -> variant) in one colour, told apart by line style."""
     has_knn = any("knn_top1" in log.epochs and log.epochs["knn_top1"].notna().any() for log in logs.values())
     fig, axes = plt.subplots(1, 3 if has_knn else 2, figsize=(12 if has_knn else 8, 3.4))
-    groups = list(dict.fromkeys((variants or {}).get(name, name) for name in logs))
+    group_of = {name: (variants or {}).get(name, name) for name in logs}
+    groups = list(dict.fromkeys(group_of.values()))
     seen: Counter = Counter()
     for name, log in logs.items():
-        group = (variants or {}).get(name, name)
+        group = group_of[name]
         style = {"color": f"C{groups.index(group) % 10}", "linestyle": LINE_STYLES[seen[group] % len(LINE_STYLES)]}
         seen[group] += 1
         draw_line(axes[0], log.epochs["loss"], name, **style)
@@ -372,7 +373,8 @@ def write_experiment(suite: Suite, experiment: str, variants: list[Variant],
     print(f"\n## {title}\n\n{markdown(frame, notes)}")
     stem = f"study_{experiment}"
     written = write_study_table(frame, suite.output_dir / "tables" / stem, title, notes)
-    ran = [t for v in dict.fromkeys(v.name for v in variants) for t in trials[v]]
+    names = list(dict.fromkeys(v.name for v in variants))  # a variant listed twice draws once
+    ran = [t for name in names for t in trials[name]]
     chances = sorted({c for t in ran if t.record and (c := chance_level(t.record))})
     plots = suite.output_dir / "plots" / stem
     if experiment != CURVES_EXPERIMENT:
@@ -381,7 +383,7 @@ def write_experiment(suite: Suite, experiment: str, variants: list[Variant],
     if not logs:
         print(f"no {stem} figure: none of its runs has logged an epoch")
         return written
-    variant_of = {t.name: name for name in dict.fromkeys(v.name for v in variants) for t in trials[name]}
+    variant_of = {t.name: name for name in names for t in trials[name]}
     return written + plot_curves(title, logs, chances, plots, variant_of)
 
 
