@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from simsiam_eval.cli import main
-from simsiam_eval.config import save_config
+from simsiam_eval.config import flatten_values, save_config
 from simsiam_eval.errors import UserError
 from simsiam_eval.report.measurements import load_reference, reference_files
 from simsiam_eval.results.records import build_record
@@ -86,7 +86,7 @@ def test_collapse_panel_levels():
 
 def test_packaged_study_file():
     variants = read_study(resolve_study("simsiam_study"))
-    assert len(variants) == 26
+    assert len(variants) == 29
     assert list(dict.fromkeys(v.experiment for v in variants)) == list(EXPERIMENT_TITLES)
     by_key = {(v.experiment, v.name): v for v in variants}
     assert by_key["table1", "fixed random predictor"].paper_verdict == "does not converge"
@@ -94,6 +94,9 @@ def test_packaged_study_file():
     assert by_key["table3", "BN all"].paper_top1 is None
     assert by_key["fig2", "no stop-gradient"].paper_verdict == "collapses"
     assert by_key["momentum", "momentum encoder"].paper_top1 == 66.5
+    assert [(v.name, v.paper_verdict) for v in variants if v.experiment == "fig2_long"] == [
+        ("SimSiam (50 epochs)", "works"), ("no stop-gradient (50 epochs)", "collapses"),
+        ("no predictor (50 epochs)", "collapses")]
     assert all(v.source.startswith("Chen & He, Exploring Simple Siamese Representation Learning, CVPR 2021 "
                                    "(arXiv:2011.10566), ") for v in variants)
     assert "simsiam_study.csv" not in {p.name for p in reference_files()}  # not published table rows
@@ -218,7 +221,7 @@ def test_study_names_must_be_pretrain_entries(tmp_path, capsys):
                                         r"entries of the suite: C, D$"):
         read_suite(path)
     packaged = write_suite(tmp_path, ["SimSiam"], "simsiam_study")
-    with pytest.raises(UserError, match=r"simsiam_study\.csv names .*: BN all, BN hidden, BN none, asymmetric,"):
+    with pytest.raises(UserError, match=r"simsiam_study\.csv names .*: BN all, BN hidden, BN none, SimSiam \(50 epochs\), asymmetric,"):
         read_suite(packaged)
     complete = write_suite(tmp_path, ["A", "B", "C", "D"], "mini.csv")
     assert main(["suite", str(complete), "--dry-run"]) == 0  # a dry run reads the study, writes nothing
@@ -239,3 +242,29 @@ def test_a_diverged_run_does_not_converge(tmp_path):
     row = read_table(suite, "fig2")["A"]
     assert (row["our verdict"], row["agrees"], row["final loss"]) == ("does not converge", "no", "nan")
     assert suite.output_dir / "plots" / "study_fig2.svg" in written
+
+
+def test_fig2_at_length_runs_the_preset_and_draws_curves(tmp_path):
+    """The packaged suite's three long runs differ from each other only in the ablated key, and use the
+    long preset (50 epochs, constant lr, blur, lr x wd 2e-4); their experiment is drawn as Fig. 2 is."""
+    packaged = read_suite(Path(__file__).parents[1] / "configs" / "suites" / "simsiam_study.yaml")
+    long = {r.name: flatten_values(r.config) for r in packaged.pretrain if r.name.endswith(" (50 epochs)")}
+    base = long["SimSiam (50 epochs)"]
+    assert (base["epochs"], base["optim.schedule"], base["data.blur"]) == (50, "constant", True)
+    assert (base["optim.base_lr"], base["optim.weight_decay"], base["batch_size"]) == (0.4, 2e-3, 64)
+    assert base["workers"] == 1  # as screened: the worker count changes which augmentations a batch draws
+    changed = {name: {k for k in base if run[k] != base[k] and k != "output_dir"} for name, run in long.items()}
+    assert changed == {"SimSiam (50 epochs)": set(), "no stop-gradient (50 epochs)": {"loss.stop_gradient"},
+                       "no predictor (50 epochs)": {"model.predictor"}}
+
+    (tmp_path / "long.csv").write_text("experiment,name,paper_setting,value,verdict,source\n"
+                                       "fig2_long,A,with stop-gradient,67.7,works,paper\n"
+                                       "fig2_long,B,without stop-gradient,0.1,collapses,paper\n")
+    suite = read_suite(write_suite(tmp_path, ["A", "B"], "long.csv"))
+    fake_run(suite, "A", [0.9, 0.95, 1.0], [-0.8, -0.85, -0.9], knn=[60.0, 65.0, 70.0])
+    fake_run(suite, "B", [0.5, 0.0, 0.0], [-0.9, -1.0, -1.0], knn=[50.0, 10.0, 10.0])
+    written = write_study(suite, [knn_record(suite, "B", 10.0)])
+    table = read_table(suite, "fig2_long")
+    assert (table["B"]["our verdict"], table["B"]["agrees"]) == ("collapses", "yes")
+    assert suite.output_dir / "plots" / "study_fig2_long.svg" in written
+    assert panels(suite.output_dir / "plots" / "study_fig2_long.svg") == 3  # loss, collapse std, kNN monitor

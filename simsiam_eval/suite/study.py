@@ -7,9 +7,9 @@ a table (``tables/study_<experiment>``: md, tex, csv, html) setting our run besi
 top-1 (the suite's kNN record of the run's final checkpoint), the collapse monitor and loss of its last
 epoch (``metrics.jsonl``) and our verdict (:func:`run_verdict`). A variant whose pretrain entry has
 ``seeds`` has one run (:class:`Trial`) per seed: its row gives the kNN top-1 as mean ± std, each seed's
-other cells, and the verdict of the majority (:func:`majority_verdict`). Figures: ``plots/study_fig2`` (the
-runs' loss, collapse std and kNN monitor by epoch, as the paper's Fig. 2) and ``plots/study_<experiment>``
-(our kNN top-1 as bars, the paper's top-1 as markers).
+other cells, and the verdict of the majority (:func:`majority_verdict`). Figures: ``plots/study_fig2`` and
+``plots/study_fig2_long`` (the runs' loss, collapse std and kNN monitor by epoch, as the paper's Fig. 2) and
+``plots/study_<experiment>`` (our kNN top-1 as bars, the paper's top-1 as markers).
 """
 from __future__ import annotations
 
@@ -50,8 +50,9 @@ EXPERIMENT_TITLES = {
     "fig2": "Fig. 2: stop-gradient", "table1": "Table 1: predictor", "table2": "Table 2: batch size",
     "table3": "Table 3: BatchNorm on the MLP heads", "similarity": "Sec. 4.5: similarity",
     "symmetrization": "Sec. 4.6: symmetrization", "alternation": "Sec. 5: multi-step alternation",
-    "expectation": "Sec. 5: expectation over augmentations", "momentum": "Sec. 6 / Fig. 3: momentum encoder"}
-CURVES_EXPERIMENT = "fig2"  # drawn as curves over epochs; the other experiments as bars
+    "expectation": "Sec. 5: expectation over augmentations", "momentum": "Sec. 6 / Fig. 3: momentum encoder",
+    "fig2_long": "Fig. 2 and Table 1 (a) at length: 50 epochs, constant lr"}
+CURVES_EXPERIMENTS = ("fig2", "fig2_long")  # drawn as curves over epochs; the other experiments as bars
 TABLE_COLUMNS = ("variant", "paper setting", "paper top-1", "paper verdict", "kNN top-1 (ours)", "pool5 std x sqrt(d)",
                  "collapse std x sqrt(d) (final epoch)", "median batch", "final loss", "our verdict", "agrees")
 PAPER_LABEL = "paper, ImageNet linear 100 ep"
@@ -377,7 +378,7 @@ def write_experiment(suite: Suite, experiment: str, variants: list[Variant],
     ran = [t for name in names for t in trials[name]]
     chances = sorted({c for t in ran if t.record and (c := chance_level(t.record))})
     plots = suite.output_dir / "plots" / stem
-    if experiment != CURVES_EXPERIMENT:
+    if experiment not in CURVES_EXPERIMENTS:
         return written + plot_bars(title, frame, variants, trials, chances, plots)
     logs = {t.name: t.log for t in ran if t.log}
     if not logs:
