@@ -19,7 +19,7 @@ import simsiam_eval.features
 from simsiam_eval.cli import main
 from simsiam_eval.errors import UserError
 from simsiam_eval.results.store import read_records
-from simsiam_eval.suite.jobs import SUITE_JOB
+from simsiam_eval.suite.jobs import SUITE_JOB, job_name
 from simsiam_eval.suite.spec import read_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,3 +209,10 @@ def test_changed_settings_run_in_a_fresh_folder(tmp_path, shapes_root, capsys):
     records = read_records(tmp_path / "out" / "results.db")
     assert sorted(r["settings"]["epochs"] for r in records) == [2, 3]
     assert len(list((tmp_path / "out" / "jobs" / "rand-linear-shapes").iterdir())) == 2
+
+
+def test_job_names_are_file_name_safe():
+    """Every run of characters a file name should not hold becomes one dash, a name's own dashes included."""
+    assert job_name("SimSiam (50 epochs)", "knn", "fashion-mnist") == "SimSiam-50-epochs-knn-fashion-mnist"
+    assert job_name("pretrain", "k=1 epoch") == "pretrain-k-1-epoch"
+    assert job_name("a/../b", "", "c_d.e") == "a-..-b-c_d.e"

@@ -49,7 +49,7 @@ class Job:
 
 def job_name(*parts: str) -> str:
     """A file-name-safe job name: ``mine-knn-shapes``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(p for p in parts if p)).strip("-")
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", "-".join(p for p in parts if p)).strip("-")
 
 
 def job_dir(suite: Suite, job: Job) -> Path:
