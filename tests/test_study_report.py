@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from simsiam_eval.cli import main
-from simsiam_eval.config import flatten_values, save_config
+from simsiam_eval.config import flatten_values, packaged_config_dir, save_config
 from simsiam_eval.errors import UserError
 from simsiam_eval.report.measurements import load_reference, reference_files
 from simsiam_eval.results.records import build_record
@@ -247,7 +247,7 @@ def test_a_diverged_run_does_not_converge(tmp_path):
 def test_fig2_at_length_runs_the_preset_and_draws_curves(tmp_path):
     """The packaged suite's three long runs differ from each other only in the ablated key, and use the
     long preset (50 epochs, constant lr, blur, lr x wd 2e-4); their experiment is drawn as Fig. 2 is."""
-    packaged = read_suite(Path(__file__).parents[1] / "configs" / "suites" / "simsiam_study.yaml")
+    packaged = read_suite(packaged_config_dir() / "suites" / "simsiam_study.yaml")
     long = {r.name: flatten_values(r.config) for r in packaged.pretrain if r.name.endswith(" (50 epochs)")}
     base = long["SimSiam (50 epochs)"]
     assert (base["epochs"], base["optim.schedule"], base["data.blur"]) == (50, "constant", True)
